@@ -1,0 +1,82 @@
+"""Assembling a process: Redis, services, worker and HTTP server, and stopping them cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from bot.config import Settings
+from bot.redisconn import open_redis, redact_url
+from bot.runner import Runner
+from bot.services import Services
+from bot.worker import Worker
+
+log = logging.getLogger("tunnelwarden")
+
+
+@asynccontextmanager
+async def open_services(
+    settings: Settings, redis_url: str | None = None
+) -> AsyncIterator[Services]:
+    async with open_redis(settings.redis, redis_url) as redis:
+        yield Services.build(settings, redis)
+
+
+def build_worker(services: Services, name: str | None = None) -> Worker:
+    import handlers
+    import playbooks
+
+    worker_name = name or services.settings.worker.name or None
+    from bot.worker import default_worker_name
+
+    runner = Runner(services, playbooks.builtin(), worker_name or default_worker_name())
+    return Worker(services, handlers.builtin(), runner, runner.worker)
+
+
+def stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+async def run_process(
+    settings: Settings,
+    *,
+    redis_url: str | None,
+    worker: bool,
+    http: bool,
+    stop: asyncio.Event | None = None,
+) -> int:
+    """Run until SIGTERM/SIGINT; exit 0 after a clean shutdown within the grace period."""
+    from bot.http import create_app, start_http
+
+    stop = stop or asyncio.Event()
+    stop_on_signals(stop)
+    async with open_services(settings, redis_url) as services:
+        target = redis_url or settings.redis.url or "embedded"
+        log.info("redis: %s", redact_url(target))
+        the_worker = build_worker(services) if worker else None
+        tasks: list[asyncio.Task[None]] = []
+        if the_worker is not None:
+            tasks.append(asyncio.create_task(the_worker.run(stop), name="worker"))
+        web_runner = None
+        if http:
+            app = create_app(services, the_worker)
+            web_runner, port = await start_http(app, settings.http.host, settings.http.port)
+            log.info("http: listening on %s:%d", settings.http.host, port)
+        try:
+            waiter = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait({waiter, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+            stop.set()
+            waiter.cancel()
+            for task in tasks:
+                await task  # the worker drains within its grace period
+        finally:
+            if web_runner is not None:
+                await web_runner.cleanup()
+    return 0

@@ -1,0 +1,491 @@
+"""The ``tunnelwarden`` command.
+
+Heavy modules (Redis, aiohttp, the Azure SDK) are imported inside the commands that need
+them, so ``tunnelwarden --help`` and ``config check`` start fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from bot.config import Settings
+    from bot.models import RunRecord
+    from bot.services import Services
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="tunnelwarden",
+    help="Keeps site-to-site VPNs into Azure healthy, without a human in the loop.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+playbook_app = typer.Typer(help="List and run playbooks by hand.", no_args_is_help=True)
+config_app = typer.Typer(help="Check the configuration.", no_args_is_help=True)
+app.add_typer(playbook_app, name="playbook")
+app.add_typer(config_app, name="config")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True)
+
+
+@dataclass
+class Globals:
+    config: Path | None
+    redis_url: str | None
+
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", envvar="TUNNELWARDEN_CONFIG", help="TOML config file."),
+]
+RedisOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--redis-url",
+        envvar="TUNNELWARDEN_REDIS_URL",
+        help="Redis to use (overrides redis.url); default: the embedded server.",
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output (stable).")]
+
+
+@app.callback()
+def main_callback(ctx: typer.Context, config: ConfigOpt = None, redis_url: RedisOpt = None) -> None:
+    ctx.obj = Globals(config, redis_url)
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    from bot.config import ConfigError, load_config
+
+    g: Globals = ctx.obj
+    try:
+        return load_config(g.config)
+    except ConfigError as exc:
+        for line in exc.problems:
+            err.print(f"[red]config:[/red] {line}", highlight=False, markup=True)
+        raise typer.Exit(2) from None
+
+
+def _setup_logs(settings: Settings) -> None:
+    from bot.logs import setup_logging
+    from bot.redact import Redactor
+
+    setup_logging(settings.log.level, settings.log.format, Redactor(settings.secret_values()))
+
+
+def _with_services(ctx: typer.Context, work: Callable[[Services], Awaitable[T]]) -> T:
+    """Open Redis (embedded if none is configured), run ``work``, close."""
+    from bot.app import open_services
+    from bot.embedded import EmbeddedRedisError
+
+    settings = _settings(ctx)
+    g: Globals = ctx.obj
+
+    async def go() -> T:
+        async with open_services(settings, g.redis_url) as services:
+            return await work(services)
+
+    try:
+        return asyncio.run(go())
+    except EmbeddedRedisError as exc:
+        err.print(f"[red]redis:[/red] {exc}")
+        raise typer.Exit(2) from None
+    except OSError as exc:
+        err.print(f"[red]redis:[/red] cannot connect: {exc}")
+        raise typer.Exit(2) from None
+    except Exception as exc:
+        if type(exc).__module__.startswith("redis"):
+            err.print(f"[red]redis:[/red] {type(exc).__name__}: {exc}")
+            raise typer.Exit(2) from None
+        raise
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
+
+
+# --- long-running processes ------------------------------------------------------------
+
+
+def _serve(ctx: typer.Context, *, worker: bool, http: bool) -> None:
+    from bot.app import run_process
+
+    settings = _settings(ctx)
+    _setup_logs(settings)
+    g: Globals = ctx.obj
+    code = asyncio.run(run_process(settings, redis_url=g.redis_url, worker=worker, http=http))
+    raise typer.Exit(code)
+
+
+@app.command()
+def run(ctx: typer.Context) -> None:
+    """Run everything in one process: sources, worker and HTTP server."""
+    _serve(ctx, worker=True, http=True)
+
+
+@app.command()
+def worker(ctx: typer.Context) -> None:
+    """Consume events and run playbooks (start as many as you like)."""
+    _serve(ctx, worker=True, http=False)
+
+
+@app.command()
+def serve(ctx: typer.Context) -> None:
+    """Run only the HTTP server (/healthz, /readyz, /metrics)."""
+    _serve(ctx, worker=False, http=True)
+
+
+# --- events -----------------------------------------------------------------------------
+
+
+@app.command()
+def emit(
+    ctx: typer.Context,
+    type: Annotated[str, typer.Argument(help="Event type, e.g. ip.changed")],
+    site: Annotated[str, typer.Option("--site", help="Site name")],
+    data: Annotated[str | None, typer.Option("--data", help="JSON object")] = None,
+    key: Annotated[str | None, typer.Option("--key", help="Idempotency key")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Put an event on the queue, as a source would."""
+    from pydantic import ValidationError
+
+    from bot.events import Event, describe, parse_data
+
+    try:
+        payload = parse_data(data)
+        event = Event.new(type, site, source="cli", data=payload, idempotency_key=key)
+    except ValidationError as exc:
+        err.print(f"[red]error:[/red] {describe(exc)}", markup=True, highlight=False)
+        raise typer.Exit(2) from None
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+    async def publish(services: Services) -> str:
+        return await services.queue.publish(event)
+
+    entry_id = _with_services(ctx, publish)
+    if as_json:
+        _print_json({"entry_id": entry_id, "event": json.loads(event.to_wire())})
+    else:
+        out.print(f"queued {event.type} for {event.site}: event {event.id} (entry {entry_id})")
+
+
+# --- playbooks --------------------------------------------------------------------------
+
+
+@playbook_app.command("list")
+def playbook_list(as_json: JsonOpt = False) -> None:
+    """The playbooks this build ships."""
+    import playbooks
+
+    found = playbooks.builtin()
+    if as_json:
+        _print_json(
+            [
+                {
+                    "name": p.name,
+                    "summary": p.summary,
+                    "destructive": p.destructive,
+                    "params": p.params_model.model_json_schema().get("properties", {}),
+                }
+                for p in found.values()
+            ]
+        )
+        return
+    table = Table("playbook", "summary", "params", "destructive")
+    for p in found.values():
+        params = ", ".join(p.params_model.model_fields) or "-"
+        table.add_row(p.name, p.summary, params, "yes" if p.destructive else "")
+    out.print(table)
+
+
+def _parse_params(items: list[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise typer.BadParameter(f"expected k=v, got {item!r}", param_hint="--param")
+        try:
+            params[name] = json.loads(value)  # numbers, booleans, lists; else a string
+        except json.JSONDecodeError:
+            params[name] = value
+    return params
+
+
+@playbook_app.command("run")
+def playbook_run(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Playbook name (see: playbook list)")],
+    site: Annotated[str, typer.Option("--site", help="Site name")],
+    param: Annotated[list[str] | None, typer.Option("--param", help="k=v, repeatable")] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show the plan; change nothing")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the result")] = 900,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run a playbook now (through the queue, so it is locked, journaled and recorded)."""
+    from bot.models import PlaybookCall
+
+    params = _parse_params(param or [])
+    call = PlaybookCall(name=name, params=params)
+    if dry_run:
+        _dry_run(ctx, site, call, as_json)
+        return
+    record = _with_services(ctx, lambda s: _request_and_wait(s, site, call, timeout, as_json))
+    if as_json:
+        _print_json(record.model_dump(mode="json"))
+    else:
+        _print_record(record)
+    raise typer.Exit(0 if record.outcome in ("ok", "no_changes") else 1)
+
+
+def _dry_run(ctx: typer.Context, site: str, call: Any, as_json: bool) -> None:
+    from pydantic import ValidationError
+
+    from bot.retry import PermanentError, describe_error
+
+    async def plan(services: Services) -> Any:
+        from bot.app import build_worker
+
+        return await build_worker(services, "cli-dry-run").runner.plan(site, call)
+
+    try:
+        result = _with_services(ctx, plan)
+    except (PermanentError, ValidationError) as exc:
+        code, message = describe_error(exc)
+        err.print(f"[red]{code}:[/red] {message}", highlight=False)
+        raise typer.Exit(2) from None
+    if as_json:
+        _print_json(
+            {
+                "playbook": call.name,
+                "site": site,
+                "dry_run": True,
+                "converged": result.converged,
+                "changes": [c.model_dump(mode="json") for c in result.changes],
+                "notes": result.notes,
+            }
+        )
+        return
+    out.print(f"plan for [bold]{call.name}[/bold] on [bold]{site}[/bold] (dry-run):")
+    out.print(result.render(), highlight=False)
+    for note in result.notes:
+        out.print(f"  note: {note}", highlight=False)
+
+
+async def _request_and_wait(
+    services: Services, site: str, call: Any, timeout: float, quiet: bool
+) -> RunRecord:
+    import uuid
+
+    from bot.events import Event
+
+    event = Event.new(
+        "playbook.requested",
+        site,
+        source="cli",
+        data={"playbook": call.name, "params": call.params, "requested_by": "cli"},
+        idempotency_key=f"cli:{uuid.uuid4().hex}",
+    )
+    await services.queue.publish(event)
+    stop = asyncio.Event()
+    local = None
+    if not await services.state.live_workers():
+        # Nobody is consuming: run a worker here until our event is done.
+        from bot.app import build_worker
+
+        local = build_worker(services)
+        local_task = asyncio.create_task(local.run(stop))
+    deadline = time.monotonic() + timeout
+    status = None if quiet else err.status(f"running {call.name} on {site}...")
+    try:
+        if status is not None:
+            status.start()
+        while time.monotonic() < deadline:
+            record = await services.state.recorded(site, event.id)
+            if record is not None:
+                return record
+            if local is not None and local_task.done():
+                local_task.result()
+            await asyncio.sleep(0.1)
+        err.print(f"no result within {timeout:.0f}s; see: tunnelwarden history --site {site}")
+        raise typer.Exit(3)
+    finally:
+        if status is not None:
+            status.stop()
+        if local is not None:
+            stop.set()
+            await local_task
+
+
+def _print_record(record: RunRecord) -> None:
+    colour = {"ok": "green", "no_changes": "green", "skipped": "yellow"}.get(record.outcome, "red")
+    out.print(
+        f"[{colour}]{record.outcome}[/{colour}] {record.event_type} on {record.site} "
+        f"in {record.duration_s:.2f}s (run {record.run_id}, attempt {record.attempt})"
+    )
+    if record.reason:
+        out.print(f"  reason: {record.reason}", highlight=False)
+    for result in record.playbooks:
+        out.print(f"  {result.playbook}: {result.outcome} {result.detail}", highlight=False)
+        for change in result.changes:
+            out.print(f"    {change}", highlight=False)
+        if result.error:
+            out.print(f"    [red]{result.error_code}:[/red] {result.error}", highlight=False)
+
+
+# --- inspection -------------------------------------------------------------------------
+
+
+@app.command()
+def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Queue, workers and sites at a glance."""
+
+    async def gather(services: Services) -> dict[str, Any]:
+        state = services.state
+        stats = await services.queue.stats()
+        stats["dead_letters"] = await services.queue.dead_count()
+        settings = services.settings
+        names = sorted(set(settings.sites) | set(await state.known_sites()))
+        sites = []
+        for name in names:
+            last = await state.history(name, 1)
+            site_state = await state.site_state(name)
+            sites.append(
+                {
+                    "name": name,
+                    "configured": name in settings.sites,
+                    "paused": settings.policy_for(name).paused or site_state.get("paused") == "1",
+                    "state": site_state,
+                    "active_runs": await state.active_runs(name),
+                    "last_run": last[0].model_dump(mode="json") if last else None,
+                }
+            )
+        workers = [{"name": n, "last_seen": ts} for n, ts in await state.live_workers(within=60)]
+        return {"queue": stats, "workers": workers, "sites": sites}
+
+    doc = _with_services(ctx, gather)
+    if as_json:
+        _print_json(doc)
+        return
+    q = doc["queue"]
+    out.print(
+        f"queue: {q['length']} entries, {q['lag']} waiting, {q['pending']} in flight, "
+        f"{q['dead_letters']} dead letters; workers alive: {len(doc['workers'])}"
+    )
+    table = Table("site", "configured", "paused", "active runs", "last run", "outcome")
+    for s in doc["sites"]:
+        last = s["last_run"]
+        table.add_row(
+            s["name"],
+            "yes" if s["configured"] else "no",
+            "yes" if s["paused"] else "",
+            str(len(s["active_runs"])),
+            _ago(last["finished_at"]) if last else "-",
+            last["outcome"] if last else "-",
+        )
+    out.print(table)
+
+
+def _ago(ts: float) -> str:
+    secs = max(0, int(time.time() - ts))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size:
+            return f"{secs // size}{unit} ago"
+    return f"{secs}s ago"
+
+
+@app.command()
+def history(
+    ctx: typer.Context,
+    site: Annotated[str | None, typer.Option("--site", help="Only this site")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=10000)] = 20,
+    as_json: JsonOpt = False,
+) -> None:
+    """Recorded runs, newest first."""
+    records = _with_services(ctx, lambda s: s.state.history(site, limit))
+    if as_json:
+        _print_json([r.model_dump(mode="json") for r in records])
+        return
+    table = Table("when", "site", "event", "outcome", "playbooks", "took", "run")
+    for r in records:
+        table.add_row(
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.finished_at)),
+            r.site,
+            r.event_type,
+            r.outcome,
+            ", ".join(f"{p.playbook}:{p.outcome}" for p in r.playbooks) or r.reason,
+            f"{r.duration_s:.2f}s",
+            r.run_id[:12],
+        )
+    out.print(table)
+
+
+@app.command("dead-letters")
+def dead_letters(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=10000)] = 100,
+    as_json: JsonOpt = False,
+) -> None:
+    """Entries the worker could not handle, with the reason (newest first)."""
+    rows = _with_services(ctx, lambda s: s.queue.dead_letters(limit))
+    if as_json:
+        _print_json([r.as_json() for r in rows])
+        return
+    table = Table("dead since", "entry", "deliveries", "reason")
+    for r in rows:
+        table.add_row(_ago(r.dead_at), r.entry_id, str(r.deliveries), r.reason)
+    out.print(table)
+
+
+# --- config -----------------------------------------------------------------------------
+
+
+@config_app.command("check")
+def config_check(ctx: typer.Context, config: ConfigOpt = None) -> None:
+    """Validate the config; print one line per problem (key path: problem)."""
+    from bot.config import ConfigError, config_path, load_config
+
+    g: Globals = ctx.obj
+    path = config or g.config
+    try:
+        settings = load_config(path)
+    except ConfigError as exc:
+        for line in exc.problems:
+            sys.stdout.write(line + "\n")
+        raise typer.Exit(1) from None
+    where = config_path(path) or "defaults"
+    out.print(f"ok: {where} ({len(settings.sites)} site(s))", highlight=False)
+
+
+@config_app.command("new-key")
+def config_new_key() -> None:
+    """Print a new journal encryption key (for security.journal_key)."""
+    from cryptography.fernet import Fernet
+
+    sys.stdout.write(Fernet.generate_key().decode() + "\n")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,356 @@
+"""Configuration: one TOML file, validated by pydantic, overridable by environment variables.
+
+Precedence (highest first): ``TUNNELWARDEN_*`` variables (nested keys joined with ``__``, e.g.
+``TUNNELWARDEN_WORKER__CONCURRENCY=8``), then the TOML file, then the defaults below.
+
+Secrets are ``SecretStr`` fields. They may come from the environment or from a companion
+``<name>_file`` key naming a file that holds the value; a secret written literally in the TOML
+file is a configuration error, so a config file can be committed or shared without leaking.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "TUNNELWARDEN_"
+SITE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class Section(BaseModel):
+    """Base for every config table: unknown keys are errors, so typos are caught."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_secret_files(cls, data: Any) -> Any:
+        """Fill ``x`` from ``x_file`` for every secret field ``x``."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for name in _secret_fields(cls):
+            file_key = f"{name}_file"
+            path = data.get(file_key)
+            if path and data.get(name) in (None, ""):
+                try:
+                    data[name] = Path(str(path)).read_text(encoding="utf-8").strip()
+                except OSError as exc:
+                    raise ValueError(f"{file_key}: cannot read {path}: {exc.strerror}") from None
+        return data
+
+
+def _secret_fields(model: type[BaseModel]) -> list[str]:
+    return [
+        name
+        for name, field in model.model_fields.items()
+        if field.annotation is not None and "SecretStr" in str(field.annotation)
+    ]
+
+
+class RedisConfig(Section):
+    url: str = Field(
+        "",
+        description="redis://, rediss:// (TLS), unix:// or redis+sentinel://; empty = embedded",
+    )
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    prefix: str = Field("tw", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    stream_maxlen: int = Field(100_000, ge=1000)
+    history_maxlen: int = Field(1000, ge=10)
+    dead_letter_maxlen: int = Field(10_000, ge=100)
+    state_dir: Path = Path(".state")
+    tls_ca_file: Path | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str) -> str:
+        schemes = ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://")
+        if url and not url.startswith(schemes):
+            raise ValueError(f"unsupported scheme; use one of {', '.join(schemes)}")
+        return url
+
+
+class WorkerConfig(Section):
+    name: str = Field("", description="consumer name; default host-pid")
+    concurrency: int = Field(4, ge=1, le=256)
+    visibility_timeout: float = Field(
+        30.0, gt=0, description="seconds an unacknowledged entry of a silent worker waits"
+    )
+    reclaim_interval: float = Field(5.0, gt=0)
+    max_deliveries: int = Field(5, ge=1)
+    block_ms: int = Field(1000, ge=10)
+    grace_period: float = Field(20.0, ge=0)
+    idempotency_ttl: int = Field(7 * 24 * 3600, ge=60)
+
+
+class Policy(Section):
+    """Safety valves; ``[policies]`` sets defaults, ``[sites.X.policy]`` overrides per site."""
+
+    paused: bool = False
+    lock_ttl: float = Field(30.0, gt=0)
+    lock_wait: float = Field(300.0, ge=0)
+    playbook_timeout: float = Field(600.0, gt=0)
+    retry_attempts: int = Field(5, ge=1)
+    retry_max_delay: float = Field(60.0, gt=0)
+    max_changes_per_hour: int = Field(6, ge=0)
+    allow_destructive: bool = False
+
+
+class PolicyOverride(Section):
+    paused: bool | None = None
+    lock_ttl: float | None = Field(None, gt=0)
+    lock_wait: float | None = Field(None, ge=0)
+    playbook_timeout: float | None = Field(None, gt=0)
+    retry_attempts: int | None = Field(None, ge=1)
+    retry_max_delay: float | None = Field(None, gt=0)
+    max_changes_per_hour: int | None = Field(None, ge=0)
+    allow_destructive: bool | None = None
+
+
+class SiteConfig(Section):
+    description: str = ""
+    policy: PolicyOverride = PolicyOverride()
+    resource_group: str | None = None
+    local_network_gateway: str | None = None
+    connection: str | None = None
+
+
+class SourceConfig(Section):
+    """A watcher that publishes events; kinds are added by the sources that implement them."""
+
+    model_config = ConfigDict(extra="allow")
+    kind: str
+    enabled: bool = True
+    interval: float = Field(60.0, gt=0)
+    sites: list[str] = []
+
+
+class ChatConfig(Section):
+    model_config = ConfigDict(extra="allow")
+    enabled: bool = True
+
+
+class SecurityConfig(Section):
+    journal_key: SecretStr | None = Field(
+        None, description="Fernet key that encrypts secrets kept in run journals"
+    )
+    journal_key_file: Path | None = None
+
+    @field_validator("journal_key")
+    @classmethod
+    def _fernet_key(cls, key: SecretStr | None) -> SecretStr | None:
+        if key is not None:
+            from cryptography.fernet import Fernet
+
+            try:
+                Fernet(key.get_secret_value())
+            except ValueError:
+                raise ValueError(
+                    "must be a Fernet key (32 url-safe base64-encoded bytes); "
+                    "make one with: tunnelwarden config new-key"
+                ) from None
+        return key
+
+
+class HttpConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    max_body_bytes: int = Field(64 * 1024, ge=1024)
+
+
+class LogConfig(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["auto", "json", "text"] = "auto"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        case_sensitive=False,
+    )
+
+    redis: RedisConfig = RedisConfig()
+    worker: WorkerConfig = WorkerConfig()
+    policies: Policy = Policy()
+    sites: dict[str, SiteConfig] = {}
+    sources: list[SourceConfig] = []
+    chat: ChatConfig = ChatConfig()
+    security: SecurityConfig = SecurityConfig()
+    http: HttpConfig = HttpConfig()
+    log: LogConfig = LogConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file arrives as init kwargs; the environment must win over it.
+        return (env_settings, init_settings)
+
+    @field_validator("sites")
+    @classmethod
+    def _site_names(cls, sites: dict[str, SiteConfig]) -> dict[str, SiteConfig]:
+        for name in sites:
+            if not SITE_NAME.match(name):
+                raise ValueError(
+                    f"site name {name!r} must be lowercase letters, digits, '-' or '_' (max 63)"
+                )
+        return sites
+
+    def policy_for(self, site: str) -> Policy:
+        """The effective policy of a site: defaults with the site's overrides applied."""
+        site_cfg = self.sites.get(site)
+        if site_cfg is None:
+            return self.policies
+        overrides = site_cfg.policy.model_dump(exclude_none=True)
+        return self.policies.model_copy(update=overrides)
+
+    def secret_values(self) -> list[str]:
+        """Every secret in the config, for log and message redaction."""
+        found: list[str] = []
+
+        def walk(obj: Any) -> None:
+            if isinstance(obj, SecretStr):
+                value = obj.get_secret_value()
+                if value:
+                    found.append(value)
+            elif isinstance(obj, BaseModel):
+                for name in type(obj).model_fields:
+                    walk(getattr(obj, name))
+                for extra in (obj.model_extra or {}).values():
+                    walk(extra)
+            elif isinstance(obj, dict):
+                for item in obj.values():
+                    walk(item)
+            elif isinstance(obj, list):
+                for item in obj:
+                    walk(item)
+
+        walk(self)
+        return found
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; ``problems`` holds one ``key.path: problem`` line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def config_path(explicit: str | os.PathLike[str] | None) -> Path | None:
+    """The file to read: ``--config``, else ``TUNNELWARDEN_CONFIG``, else none (defaults)."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("TUNNELWARDEN_CONFIG")
+    return Path(env) if env else None
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None, overrides: Mapping[str, Any] | None = None
+) -> Settings:
+    """Read, merge and validate; raise ``ConfigError`` listing every problem."""
+    file = config_path(path)
+    raw: dict[str, Any] = {}
+    problems: list[str] = []
+    if file is not None:
+        try:
+            raw = tomllib.loads(file.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError([f"{file}: cannot read: {exc.strerror}"]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"{file}: not valid TOML: {exc}"]) from None
+        problems.extend(_literal_secrets(Settings, raw, ()))
+    merged = _deep_merge(raw, dict(overrides or {}))
+    try:
+        settings = Settings(**merged)
+    except ValidationError as exc:
+        problems.extend(_format_errors(exc))
+        raise ConfigError(problems) from None
+    problems.extend(_cross_checks(settings))
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _format_errors(exc: ValidationError) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{loc}: {msg}")
+    return lines
+
+
+def _literal_secrets(model: type[BaseModel], raw: Any, loc: tuple[str, ...]) -> Iterator[str]:
+    """Secret fields given a literal value in the TOML file."""
+    if not isinstance(raw, dict):
+        return
+    secrets = set(_secret_fields(model))
+    for key, value in raw.items():
+        here = (*loc, str(key))
+        if key in secrets and value not in (None, ""):
+            env = ENV_PREFIX + "__".join(here).upper()
+            yield (
+                f"{'.'.join(here)}: secrets must not be written in the config file; "
+                f"set {env} or {key}_file"
+            )
+            continue
+        field = model.model_fields.get(key)
+        if field is None:
+            continue
+        yield from _nested_secrets(field.annotation, value, here)
+
+
+def _nested_secrets(annotation: Any, value: Any, loc: tuple[str, ...]) -> Iterator[str]:
+    args = getattr(annotation, "__args__", ())
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield from _literal_secrets(annotation, value, loc)
+    elif args and isinstance(value, dict) and len(args) == 2:  # dict[str, Model]
+        for name, item in value.items():
+            yield from _nested_secrets(args[1], item, (*loc, str(name)))
+    elif args and isinstance(value, list):  # list[Model]
+        for i, item in enumerate(value):
+            yield from _nested_secrets(args[0], item, (*loc, str(i)))
+
+
+def _cross_checks(settings: Settings) -> list[str]:
+    problems = []
+    for i, source in enumerate(settings.sources):
+        for site in source.sites:
+            if site not in settings.sites:
+                problems.append(f"sources.{i}.sites: unknown site {site!r}")
+    return problems

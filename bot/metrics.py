@@ -1,0 +1,47 @@
+"""Prometheus metrics, on a registry owned by the process (no global state to leak into tests)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+RUN_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events_consumed = Counter(
+            "tunnelwarden_events_consumed", "Events taken from the queue", ["type"], registry=r
+        )
+        self.duplicates = Counter(
+            "tunnelwarden_events_duplicate", "Events skipped as already handled", registry=r
+        )
+        self.runs = Counter(
+            "tunnelwarden_runs", "Playbook runs by outcome", ["playbook", "outcome"], registry=r
+        )
+        self.run_duration = Histogram(
+            "tunnelwarden_run_duration_seconds",
+            "Playbook run duration",
+            ["playbook"],
+            buckets=RUN_BUCKETS,
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "tunnelwarden_dead_letters", "Entries moved to the dead-letter stream", registry=r
+        )
+        self.reclaimed = Counter(
+            "tunnelwarden_events_reclaimed", "Entries taken over from silent workers", registry=r
+        )
+        self.queue_lag = Gauge(
+            "tunnelwarden_queue_lag", "Entries not yet delivered to any worker", registry=r
+        )
+        self.queue_pending = Gauge(
+            "tunnelwarden_queue_pending", "Entries delivered and not yet acknowledged", registry=r
+        )
+        self.dead_letter_size = Gauge(
+            "tunnelwarden_dead_letter_entries", "Entries in the dead-letter stream", registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

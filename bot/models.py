@@ -1,0 +1,88 @@
+"""Data passed between the parts: a decision, a plan, a playbook's result, a run's record."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+Outcome = Literal["ok", "no_changes", "planned", "failed", "timeout", "skipped"]
+
+
+class PlaybookCall(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    name: str
+    params: dict[str, JsonValue] = {}
+
+
+class Decision(BaseModel):
+    """What a handler decided: the playbooks to run in order, or none and why."""
+
+    model_config = ConfigDict(extra="forbid")
+    playbooks: list[PlaybookCall] = []
+    reason: str = ""
+
+    @classmethod
+    def skip(cls, reason: str) -> Decision:
+        return cls(playbooks=[], reason=reason)
+
+
+class Change(BaseModel):
+    """One field of one target that a playbook would change."""
+
+    model_config = ConfigDict(frozen=True)
+    target: str
+    field: str
+    old: JsonValue = None
+    new: JsonValue = None
+
+    def __str__(self) -> str:
+        return f"{self.target} {self.field}: {_show(self.old)} -> {_show(self.new)}"
+
+
+def _show(value: JsonValue) -> str:
+    return "(none)" if value is None else str(value)
+
+
+class Plan(BaseModel):
+    """The changes a playbook would make; empty means the target is already converged."""
+
+    changes: list[Change] = []
+    notes: list[str] = []
+
+    @property
+    def converged(self) -> bool:
+        return not self.changes
+
+    def render(self) -> str:
+        if self.converged:
+            return "no changes"
+        return "\n".join(str(c) for c in self.changes)
+
+
+class PlaybookResult(BaseModel):
+    playbook: str
+    outcome: Outcome
+    changes: list[Change] = []
+    detail: str = ""
+    error: str | None = None
+    error_code: str | None = None
+    duration_s: float = 0.0
+
+
+class RunRecord(BaseModel):
+    """One handled event, as it appears in the history (and in ``--json`` output)."""
+
+    run_id: str
+    site: str
+    event_type: str
+    event_source: str
+    idempotency_key: str
+    outcome: Outcome
+    reason: str = ""
+    playbooks: list[PlaybookResult] = []
+    attempt: int = 1
+    worker: str = ""
+    started_at: float
+    finished_at: float
+    duration_s: float = Field(0.0, ge=0)

@@ -1,0 +1,91 @@
+"""Opening the Redis connection the config names (or the embedded one).
+
+Supported URLs: ``redis://`` and ``rediss://`` (TLS; ``tls_ca_file`` for a private CA),
+``unix://``, and ``redis+sentinel://[user:pass@]host:port[,host:port...]/service[/db]``
+(``rediss+sentinel://`` for TLS to the master). ACL users come from the URL or from
+``redis.username`` / ``redis.password``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from redis.asyncio import Redis
+from redis.asyncio.sentinel import Sentinel
+
+from bot.config import RedisConfig
+from bot.embedded import EmbeddedRedis
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, for logs and errors."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        return parts._replace(netloc=netloc).geturl()
+    return url
+
+
+def _client_options(cfg: RedisConfig) -> dict[str, Any]:
+    opts: dict[str, Any] = {"health_check_interval": 30, "socket_connect_timeout": 5}
+    if cfg.username:
+        opts["username"] = cfg.username
+    if cfg.password is not None:
+        opts["password"] = cfg.password.get_secret_value()
+    return opts
+
+
+def from_url(url: str, cfg: RedisConfig) -> Redis:
+    opts = _client_options(cfg)
+    if url.startswith(("redis+sentinel://", "rediss+sentinel://")):
+        return _sentinel_master(url, opts, cfg)
+    if url.startswith("rediss://") and cfg.tls_ca_file:
+        opts["ssl_ca_certs"] = str(cfg.tls_ca_file)
+    client: Redis = Redis.from_url(url, **opts)
+    return client
+
+
+def _sentinel_master(url: str, opts: dict[str, Any], cfg: RedisConfig) -> Redis:
+    parts = urlsplit(url)
+    hosts_part = parts.netloc.rsplit("@", 1)[-1]
+    sentinels = []
+    for host_port in hosts_part.split(","):
+        host, _, port = host_port.rpartition(":")
+        sentinels.append((host.strip("[]") or host_port, int(port or 26379)))
+    path = [p for p in parts.path.split("/") if p]
+    if not path:
+        raise ValueError("redis+sentinel:// URL needs the service name: .../mymaster[/db]")
+    service = path[0]
+    if len(path) > 1:
+        opts["db"] = int(path[1])
+    if parts.username:
+        opts["username"] = unquote(parts.username)
+    if parts.password:
+        opts["password"] = unquote(parts.password)
+    if url.startswith("rediss+"):
+        opts["ssl"] = True
+        if cfg.tls_ca_file:
+            opts["ssl_ca_certs"] = str(cfg.tls_ca_file)
+    sentinel = Sentinel(sentinels, sentinel_kwargs={"socket_connect_timeout": 5}, **opts)
+    master: Redis = sentinel.master_for(service)
+    return master
+
+
+@asynccontextmanager
+async def open_redis(cfg: RedisConfig, url: str | None = None) -> AsyncIterator[Redis]:
+    """Yield a client; start (and afterwards stop) the embedded server when no URL is set."""
+    embedded: EmbeddedRedis | None = None
+    target = url or cfg.url
+    if not target:
+        embedded = EmbeddedRedis(cfg.state_dir)
+        target = await embedded.start()
+    client = from_url(target, cfg)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+        if embedded is not None:
+            await embedded.stop()

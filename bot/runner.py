@@ -1,0 +1,251 @@
+"""Runs a decision's playbooks under the site lock, journaled, and records the result once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Mapping
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+
+from bot.events import Event
+from bot.models import Decision, Outcome, Plan, PlaybookCall, PlaybookResult, RunRecord
+from bot.redact import Redactor
+from bot.retry import PermanentError, TransientError, describe_error, retrying
+from bot.services import Services
+from bot.state import JournalEntry, LockLost, SiteLock
+from playbooks.base import Playbook, RunContext
+
+log = logging.getLogger("tunnelwarden.runner")
+T = TypeVar("T")
+PLAYBOOK_STEP = ":playbook"  # journal step name of a whole playbook (steps may not start with ':')
+
+
+class Runner:
+    def __init__(
+        self,
+        services: Services,
+        playbooks: Mapping[str, Playbook[Any]],
+        worker: str,
+        redactor: Redactor | None = None,
+    ) -> None:
+        self.services = services
+        self.playbooks = playbooks
+        self.worker = worker
+        self.redact = redactor or Redactor(services.settings.secret_values())
+
+    def context(
+        self, site: str, run_id: str, index: int, journal: list[JournalEntry], dry_run: bool
+    ) -> RunContext:
+        settings = self.services.settings
+        return RunContext(
+            services=self.services,
+            site=site,
+            run_id=run_id,
+            worker=self.worker,
+            index=index,
+            policy=settings.policy_for(site),
+            site_config=settings.sites.get(site),
+            journal=journal,
+            dry_run=dry_run,
+        )
+
+    def playbook(self, name: str) -> Playbook[Any]:
+        try:
+            return self.playbooks[name]
+        except KeyError:
+            known = ", ".join(sorted(self.playbooks))
+            message = f"unknown playbook {name!r} (known: {known})"
+            raise PermanentError(message, "UnknownPlaybook") from None
+
+    async def plan(self, site: str, call: PlaybookCall) -> Plan:
+        """A dry-run: read the real state and say what would change. Writes nothing."""
+        playbook = self.playbook(call.name)
+        params = playbook.parse(dict(call.params))
+        ctx = self.context(site, "dry-run", 0, [], dry_run=True)
+        async for attempt in retrying(ctx.policy.retry_attempts, ctx.policy.retry_max_delay):
+            with attempt:
+                return await playbook.plan(ctx, params)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def execute(self, event: Event, decision: Decision) -> RunRecord | None:
+        """Run the decision for ``event``; None when another run already handled its key."""
+        site = event.site
+        policy = self.services.settings.policy_for(site)
+        state = self.services.state
+        lock = state.site_lock(site, policy.lock_ttl, policy.lock_wait)
+        if not await lock.acquire():
+            raise TransientError(f"site {site} stayed locked for {policy.lock_wait:.0f}s")
+        try:
+            if await state.is_done(site, event.idempotency_key) is not None:
+                return None
+            started = time.time()
+            attempt = await state.begin_run(
+                site, event.id, self.worker, {"event_type": event.type, "reason": decision.reason}
+            )
+            journal = await state.journal(site, event.id)
+            if attempt > 1:
+                entry = JournalEntry(started, self.worker, -1, ":run", "resumed", attempt)
+                await state.journal_append(site, event.id, entry)
+                journal.append(entry)
+                log.info("resuming run %s (attempt %d)", event.id, attempt, extra={"site": site})
+            results = await self._run_chain(event, decision, journal, lock)
+            return await self._record(event, decision, results, attempt, started)
+        finally:
+            await lock.release()
+
+    async def _run_chain(
+        self, event: Event, decision: Decision, journal: list[JournalEntry], lock: SiteLock
+    ) -> list[PlaybookResult]:
+        results: list[PlaybookResult] = []
+        for index, call in enumerate(decision.playbooks):
+            finished = [
+                e for e in journal if e.playbook == index and e.step == PLAYBOOK_STEP
+                and e.phase == "done"
+            ]  # fmt: skip
+            if finished:
+                result = PlaybookResult.model_validate(finished[-1].data)
+            else:
+                ctx = self.context(event.site, event.id, index, journal, dry_run=False)
+                result = await _unless_lost(self._run_one(ctx, call), lock)
+            results.append(result)
+            if result.outcome in ("failed", "timeout"):
+                break
+        return results
+
+    async def _run_one(self, ctx: RunContext, call: PlaybookCall) -> PlaybookResult:
+        started = time.monotonic()
+        metrics = self.services.metrics
+        await ctx.note(PLAYBOOK_STEP, "start", call.name)
+        try:
+            playbook = self.playbook(call.name)
+            params = playbook.parse(dict(call.params))
+            async with asyncio.timeout(ctx.policy.playbook_timeout):
+                outcome, detail, changes = await self._converge(ctx, playbook, params)
+            result = PlaybookResult(
+                playbook=call.name, outcome=outcome, detail=detail, changes=changes
+            )
+        except TimeoutError:
+            result = PlaybookResult(
+                playbook=call.name,
+                outcome="timeout",
+                error=f"did not finish within {ctx.policy.playbook_timeout:.0f}s",
+                error_code="Timeout",
+            )
+        except ValidationError as exc:
+            result = PlaybookResult(
+                playbook=call.name, outcome="failed", error=_one_line(exc), error_code="BadParams"
+            )
+        except Exception as exc:
+            code, message = describe_error(exc)
+            result = PlaybookResult(
+                playbook=call.name,
+                outcome="failed",
+                error=self.redact(message)[:1000],
+                error_code=code,
+            )
+        result.duration_s = round(time.monotonic() - started, 4)
+        await ctx.note(PLAYBOOK_STEP, "done", result.model_dump(mode="json"))
+        metrics.runs.labels(call.name, result.outcome).inc()
+        metrics.run_duration.labels(call.name).observe(result.duration_s)
+        return result
+
+    async def _converge(
+        self, ctx: RunContext, playbook: Playbook[Any], params: Any
+    ) -> tuple[Outcome, str, list[Any]]:
+        resumed = bool(ctx.done_steps())
+        async for attempt in retrying(ctx.policy.retry_attempts, ctx.policy.retry_max_delay):
+            with attempt:
+                plan = await playbook.plan(ctx, params)
+        if plan.converged and not resumed:
+            return "no_changes", "no changes", []
+        detail = await playbook.apply(ctx, params, plan)
+        problem = await playbook.verify(ctx, params)
+        if problem:
+            raise PermanentError(problem, "VerifyFailed")
+        return "ok", detail, list(plan.changes)
+
+    async def _record(
+        self,
+        event: Event,
+        decision: Decision,
+        results: list[PlaybookResult],
+        attempt: int,
+        started: float,
+    ) -> RunRecord:
+        outcome = aggregate(results)
+        finished = time.time()
+        record = RunRecord(
+            run_id=event.id,
+            site=event.site,
+            event_type=event.type,
+            event_source=event.source,
+            idempotency_key=event.idempotency_key,
+            outcome=outcome,
+            reason=decision.reason,
+            playbooks=results,
+            attempt=attempt,
+            worker=self.worker,
+            started_at=started,
+            finished_at=finished,
+            duration_s=round(finished - started, 4),
+        )
+        done_key = event.idempotency_key if outcome in ("ok", "no_changes") else None
+        changed = any(r.outcome == "ok" and r.changes for r in results)
+        await self.services.state.record(record, done_key, changed)
+        return record
+
+    async def record_skip(self, event: Event, decision: Decision) -> RunRecord:
+        """A decision to do nothing is history too (paused, rate-limited, ...)."""
+        now = time.time()
+        record = RunRecord(
+            run_id=event.id,
+            site=event.site,
+            event_type=event.type,
+            event_source=event.source,
+            idempotency_key=event.idempotency_key,
+            outcome="skipped",
+            reason=decision.reason,
+            worker=self.worker,
+            started_at=now,
+            finished_at=now,
+        )
+        await self.services.state.record(record, None, changed=False)
+        return record
+
+
+def aggregate(results: list[PlaybookResult]) -> Outcome:
+    if not results:
+        return "skipped"
+    for bad in ("timeout", "failed"):
+        if any(r.outcome == bad for r in results):
+            return bad  # type: ignore[return-value]
+    if all(r.outcome == "no_changes" for r in results):
+        return "no_changes"
+    return "ok"
+
+
+async def _unless_lost(work: Awaitable[T], lock: SiteLock) -> T:
+    """Await ``work``; abandon it if the site lock is lost (someone else may now act)."""
+    task = asyncio.ensure_future(work)
+    lost = asyncio.ensure_future(lock.lost.wait())
+    try:
+        await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        lost.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if lock.lost.is_set() and task.cancelled():
+        raise LockLost("site lock lost during the run; another worker will resume it")
+    return task.result()
+
+
+def _one_line(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'params'}: {e['msg']}" for e in exc.errors()
+    )

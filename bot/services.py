@@ -1,0 +1,51 @@
+"""The dependencies a run needs, built once per process and passed down."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.fernet import Fernet
+from redis.asyncio import Redis
+
+from bot.config import Settings
+from bot.keys import Keys
+from bot.metrics import Metrics
+from bot.queue import EventQueue
+from bot.state import StateStore
+
+
+@dataclass
+class Services:
+    settings: Settings
+    redis: Redis
+    keys: Keys
+    state: StateStore
+    queue: EventQueue
+    metrics: Metrics
+    journal_cipher: Fernet | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, settings: Settings, redis: Redis, metrics: Metrics | None = None) -> Services:
+        keys = Keys(settings.redis.prefix)
+        key = settings.security.journal_key
+        return cls(
+            settings=settings,
+            redis=redis,
+            keys=keys,
+            state=StateStore(
+                redis,
+                keys,
+                history_maxlen=settings.redis.history_maxlen,
+                done_ttl=settings.worker.idempotency_ttl,
+            ),
+            queue=EventQueue(
+                redis,
+                keys,
+                maxlen=settings.redis.stream_maxlen,
+                dead_maxlen=settings.redis.dead_letter_maxlen,
+            ),
+            metrics=metrics or Metrics(),
+            journal_cipher=Fernet(key.get_secret_value()) if key is not None else None,
+        )

@@ -1,0 +1,263 @@
+"""Everything the bot remembers, in Redis: site state, handled keys, runs, journal, history.
+
+A run is the handling of one event (its id is the event id). Its journal is an append-only
+list of step records; a worker that takes over an event reads it to resume. Recording the
+result is one MULTI on the site's hash slot: the run's final status, the idempotency key and
+the history entry appear together or not at all, so a crash can never leave a run recorded
+twice or half-recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.lock import Lock
+from redis.exceptions import LockError, WatchError
+
+from bot.keys import Keys
+from bot.models import RunRecord
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    ts: float
+    worker: str
+    playbook: int  # index of the playbook in the run's decision
+    step: str
+    phase: str  # start | done | failed | resumed
+    data: Any = None
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, separators=(",", ":"), default=str)
+
+    @classmethod
+    def from_json(cls, raw: str) -> JournalEntry:
+        return cls(**json.loads(raw))
+
+
+class LockLost(RuntimeError):
+    """The site lock expired or was taken while we held it: stop changing the site."""
+
+
+class SiteLock:
+    """The site's exclusive lock, renewed in the background while the run goes on.
+
+    A run that outlives the TTL keeps the lock as long as its process lives; a crashed holder
+    stops renewing and the lock expires after ``ttl`` seconds.
+    """
+
+    def __init__(self, redis: Redis, name: str, ttl: float, wait: float) -> None:
+        self._lock = Lock(redis, name, timeout=ttl, blocking_timeout=wait, thread_local=False)
+        self.ttl = ttl
+        self._renewer: asyncio.Task[None] | None = None
+        self.lost = asyncio.Event()
+
+    async def acquire(self) -> bool:
+        if not await self._lock.acquire():
+            return False
+        self._renewer = asyncio.create_task(self._renew(), name=f"renew {self._lock.name}")
+        return True
+
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(self.ttl / 3)
+            try:
+                await self._lock.reacquire()
+            except LockError:
+                self.lost.set()
+                return
+            except Exception:  # a blip in Redis: try again next round; expiry is the backstop
+                continue
+
+    async def release(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+        with contextlib.suppress(LockError):
+            await self._lock.release()
+
+
+@dataclass
+class LeaderLease:
+    """One replica at a time runs the pollers; the lease passes on if its holder dies."""
+
+    redis: Redis
+    key: str
+    ttl: float
+    holder: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    async def try_acquire(self) -> bool:
+        """Take the lease if free, or extend it if ours. True while we lead."""
+        script = """
+        local cur = redis.call('GET', KEYS[1])
+        if cur == false or cur == ARGV[1] then
+          redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+          return 1
+        end
+        return 0
+        """
+        ok = await self.redis.eval(script, 1, self.key, self.holder, int(self.ttl * 1000))  # type: ignore[misc]
+        return bool(ok)
+
+    async def release(self) -> None:
+        script = """
+        if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+        return 0
+        """
+        await self.redis.eval(script, 1, self.key, self.holder)  # type: ignore[misc]
+
+
+class StateStore:
+    def __init__(
+        self, redis: Redis, keys: Keys, *, history_maxlen: int = 1000, done_ttl: int = 604800
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.history_maxlen = history_maxlen
+        self.done_ttl = done_ttl
+
+    # --- site state -------------------------------------------------------------------
+    async def site_state(self, site: str) -> dict[str, str]:
+        raw = await self.redis.hgetall(self.keys.state(site))  # type: ignore[misc]
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    async def set_site_state(self, site: str, values: dict[str, str]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(self.keys.state(site), mapping=values)  # type: ignore[arg-type]
+        pipe.sadd(self.keys.sites, site)
+        await pipe.execute()
+
+    async def known_sites(self) -> list[str]:
+        return sorted(_text(s) for s in await self.redis.smembers(self.keys.sites))  # type: ignore[misc]
+
+    # --- idempotency --------------------------------------------------------------------
+    async def is_done(self, site: str, key: str) -> str | None:
+        """The run id that handled this key, if any run did within the TTL."""
+        value = await self.redis.get(self.keys.done(site, key))
+        return None if value is None else _text(value)
+
+    # --- locks ----------------------------------------------------------------------------
+    def site_lock(self, site: str, ttl: float, wait: float) -> SiteLock:
+        return SiteLock(self.redis, self.keys.lock(site), ttl, wait)
+
+    def leader_lease(self, role: str, ttl: float) -> LeaderLease:
+        return LeaderLease(self.redis, self.keys.leader(role), ttl)
+
+    # --- runs and journal ---------------------------------------------------------------
+    async def begin_run(self, site: str, run_id: str, worker: str, meta: dict[str, str]) -> int:
+        """Mark the run started (again); return the attempt number (1 = first)."""
+        key = self.keys.run(site, run_id)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hincrby(key, "attempt", 1)
+        pipe.hsetnx(key, "started_at", f"{time.time():.3f}")
+        pipe.hset(key, mapping={"status": "running", "worker": worker, **meta})
+        pipe.sadd(self.keys.active(site), run_id)
+        pipe.sadd(self.keys.sites, site)
+        attempt, *_ = await pipe.execute()
+        return int(attempt)
+
+    async def run_info(self, site: str, run_id: str) -> dict[str, str]:
+        raw = await self.redis.hgetall(self.keys.run(site, run_id))  # type: ignore[misc]
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    async def recorded(self, site: str, run_id: str) -> RunRecord | None:
+        raw = await self.redis.hget(self.keys.run(site, run_id), "record")  # type: ignore[misc]
+        return None if raw is None else RunRecord.model_validate_json(raw)
+
+    async def live_workers(self, within: float = 30.0) -> list[tuple[str, float]]:
+        rows = await self.redis.zrangebyscore(
+            self.keys.workers, time.time() - within, "+inf", withscores=True
+        )
+        return [(_text(name), float(ts)) for name, ts in rows]
+
+    async def journal_append(self, site: str, run_id: str, entry: JournalEntry) -> None:
+        await self.redis.rpush(self.keys.journal(site, run_id), entry.to_json())  # type: ignore[misc]
+
+    async def journal(self, site: str, run_id: str) -> list[JournalEntry]:
+        rows = await self.redis.lrange(self.keys.journal(site, run_id), 0, -1)  # type: ignore[misc]
+        return [JournalEntry.from_json(_text(r)) for r in rows]
+
+    async def active_runs(self, site: str) -> list[str]:
+        return sorted(_text(r) for r in await self.redis.smembers(self.keys.active(site)))  # type: ignore[misc]
+
+    async def record(self, record: RunRecord, done_key: str | None, changed: bool) -> str | None:
+        """Record a finished run once: status, idempotency key and history, atomically.
+
+        Returns the history id, or None if the run was already recorded (a resumed run whose
+        first holder recorded it just before dying).
+        """
+        site, run_id = record.site, record.run_id
+        run_key = self.keys.run(site, run_id)
+        # WATCH makes the check-then-write atomic against a concurrent recorder.
+        async with self.redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(run_key)
+            if await pipe.hget(run_key, "recorded") is not None:
+                await pipe.unwatch()
+                return None
+            pipe.multi()
+            pipe.xadd(
+                self.keys.history(site),
+                {"run": record.model_dump_json()},
+                maxlen=self.history_maxlen,
+                approximate=False,
+            )
+            pipe.hset(
+                run_key,
+                mapping={
+                    "status": record.outcome,
+                    "recorded": "1",
+                    "finished_at": str(time.time()),
+                    "record": record.model_dump_json(),
+                },
+            )
+            pipe.srem(self.keys.active(site), run_id)
+            journal_ttl = max(self.done_ttl, 86400)
+            pipe.expire(run_key, journal_ttl)
+            pipe.expire(self.keys.journal(site, run_id), journal_ttl)
+            if done_key:
+                pipe.set(self.keys.done(site, done_key), run_id, ex=self.done_ttl)
+            if changed:
+                pipe.zadd(self.keys.changes(site), {run_id: time.time()})
+                pipe.zremrangebyscore(self.keys.changes(site), 0, time.time() - 86400)
+            try:
+                results = await pipe.execute()
+            except WatchError:  # another worker recorded this run between our check and write
+                return None
+        history_id = _text(results[0])
+        await self.redis.hset(run_key, "history_id", history_id)  # type: ignore[misc]
+        return history_id
+
+    async def changes_since(self, site: str, seconds: float) -> int:
+        return int(await self.redis.zcount(self.keys.changes(site), time.time() - seconds, "+inf"))
+
+    async def history(self, site: str | None = None, limit: int = 20) -> list[RunRecord]:
+        """Newest first; across all sites, merged by time."""
+        sites = [site] if site else await self.known_sites()
+        pipe = self.redis.pipeline(transaction=False)
+        for name in sites:
+            pipe.xrevrange(self.keys.history(name), count=limit)
+        merged: list[tuple[str, RunRecord]] = []
+        for rows in await pipe.execute():
+            for hist_id, fields in rows:
+                raw = fields.get(b"run") or fields.get("run")
+                merged.append((_text(hist_id), RunRecord.model_validate_json(raw)))
+        merged.sort(key=lambda pair: _id_key(pair[0]), reverse=True)
+        return [rec for _, rec in merged[:limit]]
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)

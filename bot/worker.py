@@ -1,0 +1,222 @@
+"""The worker: takes events off the stream, asks the handler, runs the playbooks, acknowledges.
+
+Several workers (in one process or many) share the stream through the consumer group. An
+entry is acknowledged only after its outcome is recorded. Anything that cannot be read as a
+known, well-formed event goes to the dead-letter stream with the reason instead of being
+dropped, and so does an entry that failed ``max_deliveries`` times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Mapping
+
+from pydantic import ValidationError
+
+from bot.events import Event, EventError, describe
+from bot.queue import Delivery
+from bot.redact import Redactor
+from bot.runner import Runner
+from bot.services import Services
+from handlers.base import Handler, SiteView
+
+log = logging.getLogger("tunnelwarden.worker")
+
+
+def default_worker_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Worker:
+    def __init__(
+        self,
+        services: Services,
+        handlers: Mapping[str, Handler],
+        runner: Runner,
+        name: str | None = None,
+    ) -> None:
+        self.services = services
+        self.handlers = handlers
+        self.runner = runner
+        self.cfg = services.settings.worker
+        self.name = name or self.cfg.name or default_worker_name()
+        self.redact = Redactor(services.settings.secret_values())
+        self.inflight: dict[str, asyncio.Task[None]] = {}
+        self.last_poll = 0.0
+        self.running = False
+
+    @property
+    def consuming(self) -> bool:
+        """True while the read loop is alive (it wakes at least every ``block_ms``)."""
+        return self.running and time.monotonic() - self.last_poll < self.cfg.block_ms / 1000 + 10
+
+    async def run(self, stop: asyncio.Event) -> None:
+        queue = self.services.queue
+        await queue.ensure_group()
+        self.running = True
+        log.info("worker %s consuming %s", self.name, self.services.keys.stream)
+        keeper = asyncio.create_task(self._keep_alive(stop), name="keep-alive")
+        reclaimer = asyncio.create_task(self._reclaim_loop(stop), name="reclaim")
+        try:
+            while not stop.is_set():
+                self.last_poll = time.monotonic()
+                free = self.cfg.concurrency - len(self.inflight)
+                if free <= 0:
+                    await self._wait_for_slot(stop)
+                    continue
+                for delivery in await queue.read(self.name, free, self.cfg.block_ms):
+                    self._spawn(delivery)
+        finally:
+            self.running = False
+            await self._drain()
+            for task in (keeper, reclaimer):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            with contextlib.suppress(Exception):
+                await self.services.redis.zrem(self.services.keys.workers, self.name)
+            log.info("worker %s stopped", self.name)
+
+    async def _wait_for_slot(self, stop: asyncio.Event) -> None:
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait(
+                {stopper, *self.inflight.values()}, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            stopper.cancel()
+
+    def _spawn(self, delivery: Delivery) -> None:
+        task = asyncio.create_task(self._process(delivery), name=f"event {delivery.entry_id}")
+        self.inflight[delivery.entry_id] = task
+        task.add_done_callback(lambda _t, eid=delivery.entry_id: self.inflight.pop(eid, None))
+
+    async def _drain(self) -> None:
+        """Shutdown: let current runs finish within the grace period, hand back the rest."""
+        if not self.inflight:
+            return
+        tasks = dict(self.inflight)
+        log.info("waiting up to %.0fs for %d run(s)", self.cfg.grace_period, len(tasks))
+        _, pending = await asyncio.wait(tasks.values(), timeout=self.cfg.grace_period)
+        if not pending:
+            return
+        abandoned = [eid for eid, t in tasks.items() if t in pending]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        idle_ms = int(self.cfg.visibility_timeout * 1000)
+        with contextlib.suppress(Exception):
+            await self.services.queue.hand_back(self.name, abandoned, idle_ms)
+        log.warning("handed back %d unfinished run(s): %s", len(abandoned), ", ".join(abandoned))
+
+    async def _keep_alive(self, stop: asyncio.Event) -> None:
+        """Heartbeat: keep in-flight entries fresh and announce this worker as alive."""
+        interval = min(self.cfg.visibility_timeout / 3, 5.0)
+        keys = self.services.keys
+        while True:
+            try:
+                await self.services.queue.touch(self.name, list(self.inflight))
+                await self.services.redis.zadd(keys.workers, {self.name: time.time()})
+            except Exception as exc:
+                log.warning("heartbeat failed: %s", self.redact(str(exc)))
+            await asyncio.sleep(interval)
+
+    async def _reclaim_loop(self, stop: asyncio.Event) -> None:
+        queue = self.services.queue
+        min_idle = int(self.cfg.visibility_timeout * 1000)
+        while not stop.is_set():
+            await asyncio.sleep(self.cfg.reclaim_interval)
+            free = self.cfg.concurrency - len(self.inflight)
+            if free <= 0 or stop.is_set():
+                continue
+            try:
+                claimed = await queue.reclaim(self.name, min_idle, count=free)
+            except Exception as exc:
+                log.warning("reclaim failed: %s", self.redact(str(exc)))
+                continue
+            for delivery in claimed:
+                self.services.metrics.reclaimed.inc()
+                log.info("reclaimed %s (delivery %d)", delivery.entry_id, delivery.deliveries)
+                if delivery.deliveries > self.cfg.max_deliveries:
+                    error = await queue.last_error(delivery.entry_id)
+                    reason = (
+                        f"gave up after {delivery.deliveries - 1} deliveries: "
+                        f"{error or 'the worker handling it stopped without finishing'}"
+                    )
+                    await self._dead_letter(delivery, reason)
+                else:
+                    self._spawn(delivery)
+
+    async def _dead_letter(self, delivery: Delivery, reason: str) -> None:
+        reason = self.redact(reason)
+        await self.services.queue.dead_letter(delivery, reason)
+        self.services.metrics.dead_letters.inc()
+        log.error("dead letter %s: %s", delivery.entry_id, reason)
+
+    async def _process(self, delivery: Delivery) -> None:
+        try:
+            await self._handle(delivery)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Left unacknowledged: after the visibility timeout a worker tries again, and
+            # after max_deliveries it is dead-lettered with this error.
+            error = self.redact(f"{type(exc).__name__}: {exc}")
+            log.exception("event %s failed: %s", delivery.entry_id, error)
+            with contextlib.suppress(Exception):
+                await self.services.queue.note_error(delivery.entry_id, error)
+
+    async def _handle(self, delivery: Delivery) -> None:
+        queue, state, metrics = self.services.queue, self.services.state, self.services.metrics
+        if delivery.fields is None:
+            log.warning("entry %s was trimmed before it was handled", delivery.entry_id)
+            await queue.ack(delivery.entry_id)
+            return
+        try:
+            event = Event.from_wire(delivery.fields.get("event"))
+        except EventError as exc:
+            await self._dead_letter(delivery, str(exc))
+            return
+        metrics.events_consumed.labels(event.type).inc()
+        handler = self.handlers.get(event.type)
+        if handler is None:
+            await self._dead_letter(delivery, f"unknown event type {event.type!r}")
+            return
+        try:
+            data = handler.data_model.model_validate(event.data)
+        except ValidationError as exc:
+            await self._dead_letter(delivery, f"{event.type}: {describe(exc)}")
+            return
+        extra = {"event": event.id, "type": event.type, "site": event.site}
+        if await state.is_done(event.site, event.idempotency_key) is not None:
+            metrics.duplicates.inc()
+            log.info("duplicate of handled key %s", event.idempotency_key, extra=extra)
+            await queue.ack(delivery.entry_id)
+            return
+        settings = self.services.settings
+        view = SiteView(
+            site=event.site,
+            config=settings.sites.get(event.site),
+            policy=settings.policy_for(event.site),
+            state=await state.site_state(event.site),
+            changes_last_hour=await state.changes_since(event.site, 3600),
+        )
+        decision = await handler.decide(event, data, view)
+        if not decision.playbooks:
+            await self.runner.record_skip(event, decision)
+            log.info("skipped: %s", decision.reason, extra=extra)
+        else:
+            names = [c.name for c in decision.playbooks]
+            log.info("decided %s: %s", names, decision.reason or event.type, extra=extra)
+            record = await self.runner.execute(event, decision)
+            if record is None:
+                metrics.duplicates.inc()
+            else:
+                log.info("run %s: %s in %.2fs", record.run_id, record.outcome, record.duration_s,
+                         extra=extra)  # fmt: skip
+        await queue.ack(delivery.entry_id)

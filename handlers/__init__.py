@@ -1,0 +1,12 @@
+"""Handlers: event type → decision."""
+
+from __future__ import annotations
+
+from handlers.base import Handler
+
+
+def builtin() -> dict[str, Handler]:
+    from handlers import playbook, testing
+
+    found = [playbook.HANDLER, *testing.HANDLERS]
+    return {h.event_type: h for h in found}
