@@ -15,9 +15,10 @@ import re
 import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -30,6 +31,17 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 ENV_PREFIX = "TUNNELWARDEN_"
 SITE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+def _site_name(name: str) -> str:
+    if not SITE_NAME.match(name):
+        raise ValueError(
+            f"site name {name!r} must be lowercase letters, digits, '-' or '_' (max 63)"
+        )
+    return name
+
+
+SiteName = Annotated[str, AfterValidator(_site_name)]
 
 
 class Section(BaseModel):
@@ -191,7 +203,7 @@ class Settings(BaseSettings):
     redis: RedisConfig = RedisConfig()
     worker: WorkerConfig = WorkerConfig()
     policies: Policy = Policy()
-    sites: dict[str, SiteConfig] = {}
+    sites: dict[SiteName, SiteConfig] = {}
     sources: list[SourceConfig] = []
     chat: ChatConfig = ChatConfig()
     security: SecurityConfig = SecurityConfig()
@@ -209,16 +221,6 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The TOML file arrives as init kwargs; the environment must win over it.
         return (env_settings, init_settings)
-
-    @field_validator("sites")
-    @classmethod
-    def _site_names(cls, sites: dict[str, SiteConfig]) -> dict[str, SiteConfig]:
-        for name in sites:
-            if not SITE_NAME.match(name):
-                raise ValueError(
-                    f"site name {name!r} must be lowercase letters, digits, '-' or '_' (max 63)"
-                )
-        return sites
 
     def policy_for(self, site: str) -> Policy:
         """The effective policy of a site: defaults with the site's overrides applied."""
@@ -309,7 +311,7 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 def _format_errors(exc: ValidationError) -> list[str]:
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        loc = ".".join(str(part) for part in err["loc"]).replace(".[key]", "") or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
         lines.append(f"{loc}: {msg}")
     return lines

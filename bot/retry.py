@@ -83,7 +83,7 @@ def retry_after(exc: BaseException | None) -> float | None:
 
 class _WaitHonouringRetryAfter:
     def __init__(self, max_delay: float) -> None:
-        self.backoff = wait_exponential_jitter(initial=0.5, max=max_delay, jitter=0.5)
+        self.backoff = wait_exponential_jitter(multiplier=0.5, max=max_delay, jitter=0.5)
         self.max_delay = max_delay
 
     def __call__(self, state: RetryCallState) -> float:

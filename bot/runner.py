@@ -132,7 +132,7 @@ class Runner:
             result = PlaybookResult(
                 playbook=call.name,
                 outcome="timeout",
-                error=f"did not finish within {ctx.policy.playbook_timeout:.0f}s",
+                error=f"did not finish within {ctx.policy.playbook_timeout:g}s",
                 error_code="Timeout",
             )
         except ValidationError as exc:

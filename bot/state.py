@@ -201,6 +201,7 @@ class StateStore:
         """
         site, run_id = record.site, record.run_id
         run_key = self.keys.run(site, run_id)
+        await self.redis.sadd(self.keys.sites, site)  # another hash slot: not in the MULTI
         # WATCH makes the check-then-write atomic against a concurrent recorder.
         async with self.redis.pipeline(transaction=True) as pipe:
             await pipe.watch(run_key)

@@ -1,0 +1,234 @@
+"""The console script, run as a user runs it (subprocess), against a real Redis."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import cli_env, tunnelwarden
+
+
+def tw(
+    redis_url: str, prefix: str, *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*tunnelwarden(), *args],
+        env={**cli_env(redis_url, prefix), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def tw_json(redis_url: str, prefix: str, *args: str) -> Any:
+    result = tw(redis_url, prefix, *args, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+GOOD = """
+[redis]
+prefix = "tw"
+
+[worker]
+concurrency = 2
+
+[policies]
+max_changes_per_hour = 4
+
+[sites.home]
+description = "FRITZ!Box at home"
+resource_group = "rg-vpn"
+local_network_gateway = "lng-home"
+connection = "conn-home"
+
+[sites.home.policy]
+paused = true
+"""
+
+
+def test_config_check_accepts_a_valid_file(tmp_path: Path, redis_url: str, prefix: str) -> None:
+    path = tmp_path / "ok.toml"
+    path.write_text(GOOD)
+    result = tw(redis_url, prefix, "config", "check", "--config", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 site(s)" in result.stdout
+
+
+def test_shipped_example_config_is_valid(redis_url: str, prefix: str) -> None:
+    example = Path(__file__).parent.parent / "deploy" / "config.example.toml"
+    result = tw(redis_url, prefix, "config", "check", "--config", str(example))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+BAD = """
+[redis]
+url = "http://127.0.0.1:6379"
+password = "hunter2hunter2"
+
+[worker]
+concurrency = "many"
+max_deliveries = 0
+colour = "blue"
+
+[sites.Home]
+description = "bad name"
+
+[sites.office.policy]
+lock_ttl = -1
+
+[security]
+journal_key_file = "/nonexistent/key"
+"""
+
+
+def test_config_check_names_each_key_and_problem(
+    tmp_path: Path, redis_url: str, prefix: str
+) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(BAD)
+    result = tw(redis_url, prefix, "config", "check", "--config", str(path))
+    assert result.returncode == 1
+    lines = result.stdout.strip().splitlines()
+    expected = [
+        "redis.password: secrets must not be written in the config file; "
+        "set TUNNELWARDEN_REDIS__PASSWORD or password_file",
+        "redis.url: unsupported scheme; use one of redis://, rediss://, unix://, "
+        "redis+sentinel://, rediss+sentinel://",
+        "worker.concurrency: Input should be a valid integer, unable to parse string as an integer",
+        "worker.max_deliveries: Input should be greater than or equal to 1",
+        "worker.colour: Extra inputs are not permitted",
+        "sites.Home: site name 'Home' must be lowercase letters, digits, '-' or '_' (max 63)",
+    ]
+    for line in expected:
+        assert line in lines, f"missing {line!r} in {lines}"
+    assert any(line.startswith("sites.office.policy.lock_ttl: ") for line in lines)
+    assert any("security: journal_key_file: cannot read /nonexistent/key" in ln for ln in lines)
+    assert "hunter2hunter2" not in result.stdout + result.stderr
+
+
+def test_config_check_reports_toml_syntax_and_env_errors(
+    tmp_path: Path, redis_url: str, prefix: str
+) -> None:
+    path = tmp_path / "broken.toml"
+    path.write_text("[worker\nconcurrency = 2\n")
+    result = tw(redis_url, prefix, "config", "check", "--config", str(path))
+    assert result.returncode == 1
+    assert result.stdout.startswith(f"{path}: not valid TOML:")
+
+    good = tmp_path / "good.toml"
+    good.write_text(GOOD)
+    result = tw(
+        redis_url, prefix, "config", "check", "--config", str(good),
+        env={"TUNNELWARDEN_WORKER__CONCURRENCY": "0"},
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stdout.strip() == "worker.concurrency: Input should be greater than or equal to 1"
+
+
+def test_secret_from_file_and_env(tmp_path: Path, redis_url: str, prefix: str) -> None:
+    key = tw(redis_url, prefix, "config", "new-key").stdout.strip()
+    keyfile = tmp_path / "journal.key"
+    keyfile.write_text(key + "\n")
+    path = tmp_path / "c.toml"
+    path.write_text(f'[security]\njournal_key_file = "{keyfile}"\n')
+    assert tw(redis_url, prefix, "config", "check", "--config", str(path)).returncode == 0
+    result = tw(
+        redis_url, prefix, "config", "check",
+        env={"TUNNELWARDEN_SECURITY__JOURNAL_KEY": "not-a-key"},
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stdout.startswith("security.journal_key: must be a Fernet key")
+    assert "not-a-key" not in result.stdout
+
+
+def test_emit_run_history_status_and_dead_letters_json(redis_url: str, prefix: str) -> None:
+    emitted = tw_json(redis_url, prefix, "emit", "made.up", "--site", "home")
+    assert emitted["event"]["type"] == "made.up"
+    assert emitted["event"]["schema"] == 1
+
+    # No worker is running: `playbook run` runs one locally until its own run is recorded,
+    # which also drains the bad event queued above into the dead letters.
+    record = tw_json(redis_url, prefix, "playbook", "run", "sleep", "--site", "home",
+                     "--param", "seconds=0.05", "--param", "steps=2")  # fmt: skip
+    assert record["outcome"] == "ok"
+    assert record["event_type"] == "playbook.requested"
+    assert record["playbooks"][0]["playbook"] == "sleep"
+    assert record["playbooks"][0]["detail"] == "slept 2 x 0.05s"
+    assert set(record) >= {"run_id", "site", "outcome", "playbooks", "started_at", "finished_at"}
+
+    history = tw_json(redis_url, prefix, "history", "--site", "home", "--limit", "5")
+    assert [h["run_id"] for h in history] == [record["run_id"]]
+
+    status = tw_json(redis_url, prefix, "status")
+    assert set(status) == {"queue", "workers", "sites"}
+    assert status["queue"]["lag"] == 0 and status["queue"]["dead_letters"] == 1
+    (home,) = status["sites"]
+    assert home["name"] == "home" and home["last_run"]["run_id"] == record["run_id"]
+
+    dead = tw_json(redis_url, prefix, "dead-letters")
+    assert isinstance(dead, list) and len(dead) == 1
+    assert dead[0]["reason"] == "unknown event type 'made.up'"
+    assert json.loads(dead[0]["raw"]["event"])["id"] == emitted["event"]["id"]
+
+
+def test_human_output_uses_tables(redis_url: str, prefix: str) -> None:
+    run = tw(redis_url, prefix, "playbook", "run", "noop", "--site", "home")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("no_changes playbook.requested on home")
+    listing = tw(redis_url, prefix, "history")
+    assert "┃ site" in listing.stdout and "no_changes" in listing.stdout
+
+
+def test_dry_run_shows_the_plan_and_writes_nothing(redis_url: str, prefix: str) -> None:
+    plan = tw_json(redis_url, prefix, "playbook", "run", "notify", "--site", "home",
+                   "--param", "message=hello", "--dry-run")  # fmt: skip
+    assert plan == {
+        "playbook": "notify",
+        "site": "home",
+        "dry_run": True,
+        "converged": False,
+        "changes": [{"target": "site home", "field": "notify", "old": None, "new": "hello"}],
+        "notes": [],
+    }
+    assert tw_json(redis_url, prefix, "history") == []
+    assert tw_json(redis_url, prefix, "status")["queue"]["length"] == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["emit", "ip.changed", "--site", "Bad Site"], "site: String should match pattern"),
+        (["emit", "ip.changed", "--site", "home", "--data", "[1]"], "must be a JSON object"),
+        (["playbook", "run", "nope", "--site", "home", "--dry-run"], "unknown playbook 'nope'"),
+        (["playbook", "run", "sleep", "--site", "home", "--param", "x", "--dry-run"],
+         "expected k=v"),
+    ],
+)
+def test_bad_input_is_a_clear_error(
+    redis_url: str, prefix: str, args: list[str], message: str
+) -> None:
+    result = tw(redis_url, prefix, *args)
+    assert result.returncode == 2
+    assert message in " ".join((result.stdout + result.stderr).split())
+
+
+def test_playbook_list_json() -> None:
+    result = subprocess.run(
+        [*tunnelwarden(), "playbook", "list", "--json"], capture_output=True, text=True,
+        check=True,
+    )  # fmt: skip
+    names = {p["name"]: p for p in json.loads(result.stdout)}
+    assert {"notify", "noop", "sleep"} <= set(names)
+    assert "seconds" in names["sleep"]["params"]
+
+
+def test_unreachable_redis_is_a_clear_error(prefix: str) -> None:
+    result = tw("redis://127.0.0.1:1/0", prefix, "status")
+    assert result.returncode == 2
+    assert "redis:" in result.stderr and "Traceback" not in result.stderr
