@@ -255,7 +255,8 @@ class StateStore:
             for hist_id, fields in rows:
                 raw = fields.get(b"run") or fields.get("run")
                 merged.append((_text(hist_id), RunRecord.model_validate_json(raw)))
-        merged.sort(key=lambda pair: _id_key(pair[0]), reverse=True)
+        # Stream ids of different streams are not comparable; the record's own time is.
+        merged.sort(key=lambda pair: (pair[1].finished_at, _id_key(pair[0])), reverse=True)
         return [rec for _, rec in merged[:limit]]
 
 
