@@ -71,7 +71,7 @@ async def run_process(
             log.info("http: listening on %s:%d", settings.http.host, port)
         try:
             waiter = asyncio.create_task(stop.wait())
-            done, _ = await asyncio.wait({waiter, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({waiter, *tasks}, return_when=asyncio.FIRST_COMPLETED)
             stop.set()
             waiter.cancel()
             for task in tasks:

@@ -291,7 +291,7 @@ def _dry_run(ctx: typer.Context, site: str, call: Any, as_json: bool) -> None:
 
 
 async def _request_and_wait(
-    services: Services, site: str, call: Any, timeout: float, quiet: bool
+    services: Services, site: str, call: Any, wait_s: float, quiet: bool
 ) -> RunRecord:
     import uuid
 
@@ -313,7 +313,7 @@ async def _request_and_wait(
 
         local = build_worker(services)
         local_task = asyncio.create_task(local.run(stop))
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + wait_s
     status = None if quiet else err.status(f"running {call.name} on {site}...")
     try:
         if status is not None:
@@ -325,7 +325,7 @@ async def _request_and_wait(
             if local is not None and local_task.done():
                 local_task.result()
             await asyncio.sleep(0.1)
-        err.print(f"no result within {timeout:.0f}s; see: tunnelwarden history --site {site}")
+        err.print(f"no result within {wait_s:.0f}s; see: tunnelwarden history --site {site}")
         raise typer.Exit(3)
     finally:
         if status is not None:

@@ -47,7 +47,7 @@ class EmbeddedRedis:
     def owned(self) -> bool:
         return self._proc is not None
 
-    async def start(self, timeout: float = 10.0) -> str:
+    async def start(self, wait_s: float = 10.0) -> str:
         """Return the URL of a running private server, starting one if needed."""
         if await self._answers():
             return self.url
@@ -75,7 +75,7 @@ class EmbeddedRedis:
             stderr=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + wait_s
         while loop.time() < deadline:
             if self._proc.returncode is not None:
                 raise EmbeddedRedisError(
@@ -86,7 +86,7 @@ class EmbeddedRedis:
                 return self.url
             await asyncio.sleep(0.05)
         await self.stop()
-        raise EmbeddedRedisError(f"redis-server did not answer on {self.socket} in {timeout}s")
+        raise EmbeddedRedisError(f"redis-server did not answer on {self.socket} in {wait_s}s")
 
     async def stop(self) -> None:
         """Stop the server if we started it (its append-only file keeps the data)."""

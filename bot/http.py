@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -11,13 +12,22 @@ from bot.services import Services
 from bot.worker import Worker
 
 SERVICES = web.AppKey("services", Services)
-WORKER = web.AppKey("worker", Worker | None)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class WorkerSlot:
+    """The in-process worker, if this process runs one (an AppKey needs a concrete type)."""
+
+    worker: Worker | None
+
+
+WORKER = web.AppKey("worker", WorkerSlot)
 
 
 def create_app(services: Services, worker: Worker | None) -> web.Application:
     app = web.Application(client_max_size=services.settings.http.max_body_bytes)
     app[SERVICES] = services
-    app[WORKER] = worker
+    app[WORKER] = WorkerSlot(worker)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
@@ -30,10 +40,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    worker = request.app[WORKER]
+    worker = request.app[WORKER].worker
     checks: dict[str, str] = {}
     try:
-        await asyncio.wait_for(services.redis.ping(), 2)  # type: ignore[arg-type]
+        await asyncio.wait_for(services.redis.ping(), 2)
         checks["redis"] = "ok"
     except Exception as exc:
         checks["redis"] = f"unreachable: {type(exc).__name__}"
@@ -69,6 +79,6 @@ async def start_http(app: web.Application, host: str, port: int) -> tuple[web.Ap
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
-    actual = sockets[0].getsockname()[1] if sockets else port
+    addresses = runner.addresses  # the socket names of our one site
+    actual = addresses[0][1] if addresses else port
     return runner, int(actual)

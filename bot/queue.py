@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
+from redis.typing import EncodableT, FieldT, StreamIdT, StreamRangeResponse
 
 from bot.events import Event
 from bot.keys import Keys
@@ -54,7 +55,24 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
-def _fields(raw: dict[Any, Any] | None) -> dict[str, str] | None:
+# redis-py types replies as unions over the RESP2 and RESP3 shapes. We speak RESP2 (the
+# default), where a stream entry is (id, fields); fields is None when the entry was trimmed
+# away while pending.
+RawFields = dict[bytes | str, bytes | str]
+RawEntry = tuple[bytes | str, RawFields | None]
+
+
+def _entries(reply: StreamRangeResponse | None) -> list[RawEntry]:
+    """An XRANGE/XREVRANGE reply as the entries it holds (entry ids are never nil there)."""
+    return cast("list[RawEntry]", reply)
+
+
+def _wire(fields: dict[str, str]) -> dict[FieldT, EncodableT]:
+    """Our text fields as redis-py's field type (a dict's key type is invariant)."""
+    return cast("dict[FieldT, EncodableT]", fields)
+
+
+def _fields(raw: RawFields | None) -> dict[str, str] | None:
     if raw is None:
         return None
     return {_text(k): _text(v) for k, v in raw.items()}
@@ -76,9 +94,9 @@ class EventQueue:
         """Append raw fields (a malformed entry too: the worker dead-letters it, never drops it)."""
         entry_id = await self.redis.xadd(
             self.keys.stream,
-            fields,
+            _wire(fields),
             maxlen=self.maxlen,
-            approximate=True,  # type: ignore[arg-type]
+            approximate=True,
         )
         return _text(entry_id)
 
@@ -93,8 +111,9 @@ class EventQueue:
         reply = await self.redis.xreadgroup(
             self.keys.group, consumer, {self.keys.stream: ">"}, count=count, block=block_ms
         )
+        streams = cast("list[tuple[bytes | str, list[RawEntry]]] | None", reply)
         out = []
-        for _stream, entries in reply or []:
+        for _stream, entries in streams or []:
             for entry_id, fields in entries:
                 out.append(Delivery(_text(entry_id), _fields(fields)))
         return out
@@ -108,17 +127,18 @@ class EventQueue:
     async def touch(self, consumer: str, entry_ids: list[str]) -> None:
         """Reset the idle time of entries still being worked on, so nobody reclaims them."""
         if entry_ids:
+            ids: list[StreamIdT] = list(entry_ids)
             await self.redis.xclaim(
-                self.keys.stream, self.keys.group, consumer, 0, entry_ids, justid=True
+                self.keys.stream, self.keys.group, consumer, 0, ids, justid=True
             )
 
     async def hand_back(self, consumer: str, entry_ids: list[str], idle_ms: int) -> None:
         """Make entries we abandon (shutdown) immediately reclaimable by another worker."""
         if entry_ids:
+            ids: list[StreamIdT] = list(entry_ids)
             await self.redis.xclaim(
-                self.keys.stream, self.keys.group, consumer, 0, entry_ids, idle=idle_ms,
-                justid=True,
-            )  # fmt: skip
+                self.keys.stream, self.keys.group, consumer, 0, ids, idle=idle_ms, justid=True
+            )
 
     async def reclaim(self, consumer: str, min_idle_ms: int, count: int = 50) -> list[Delivery]:
         """Claim entries whose worker went silent; each with its delivery count."""
@@ -156,14 +176,14 @@ class EventQueue:
             "raw": json.dumps(delivery.fields),
         }
         pipe = self.redis.pipeline(transaction=True)
-        pipe.xadd(self.keys.dead, record, maxlen=self.dead_maxlen, approximate=True)  # type: ignore[arg-type]
+        pipe.xadd(self.keys.dead, _wire(record), maxlen=self.dead_maxlen, approximate=True)
         pipe.xack(self.keys.stream, self.keys.group, delivery.entry_id)
         pipe.hdel(self.keys.errors, delivery.entry_id)
         dead_id, *_ = await pipe.execute()
         return _text(dead_id)
 
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        rows = await self.redis.xrevrange(self.keys.dead, count=limit)
+        rows = _entries(await self.redis.xrevrange(self.keys.dead, count=limit))
         out = []
         for dead_id, raw_fields in rows:
             f = _fields(raw_fields) or {}
@@ -197,6 +217,8 @@ class EventQueue:
         lag = group.get("lag")
         if lag is None:  # Redis < 7 has no lag field: count entries after the group's cursor
             last = _text(group["last-delivered-id"])
-            after = await self.redis.xrange(self.keys.stream, min=f"({last}", count=100_000)
+            after = _entries(
+                await self.redis.xrange(self.keys.stream, min=f"({last}", count=100_000)
+            )
             lag = len(after)
         return {"length": length, "lag": int(lag), "pending": pending}

@@ -69,7 +69,9 @@ def _sentinel_master(url: str, opts: dict[str, Any], cfg: RedisConfig) -> Redis:
         opts["ssl"] = True
         if cfg.tls_ca_file:
             opts["ssl_ca_certs"] = str(cfg.tls_ca_file)
-    sentinel = Sentinel(sentinels, sentinel_kwargs={"socket_connect_timeout": 5}, **opts)
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinels, sentinel_kwargs={"socket_connect_timeout": 5}, **opts
+    )
     master: Redis = sentinel.master_for(service)
     return master
 

@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
-from tenacity.stop import stop_after_delay
+from tenacity.stop import stop_after_delay, stop_base
 from tenacity.wait import wait_exponential_jitter
 
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -95,7 +95,7 @@ class _WaitHonouringRetryAfter:
 
 def retrying(attempts: int, max_delay: float, deadline: float | None = None) -> AsyncRetrying:
     """A tenacity policy: transient errors only, backoff with jitter, Retry-After honoured."""
-    stop = stop_after_attempt(attempts)
+    stop: stop_base = stop_after_attempt(attempts)
     if deadline is not None:
         stop = stop | stop_after_delay(deadline)
     return AsyncRetrying(

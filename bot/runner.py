@@ -222,7 +222,7 @@ def aggregate(results: list[PlaybookResult]) -> Outcome:
         return "skipped"
     for bad in ("timeout", "failed"):
         if any(r.outcome == bad for r in results):
-            return bad  # type: ignore[return-value]
+            return bad
     if all(r.outcome == "no_changes" for r in results):
         return "no_changes"
     return "ok"

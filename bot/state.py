@@ -14,13 +14,13 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.lock import Lock
 from redis.exceptions import LockError, WatchError
+from redis.typing import EncodableT, FieldT
 
 from bot.keys import Keys
 from bot.models import RunRecord
@@ -28,6 +28,11 @@ from bot.models import RunRecord
 
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _wire(fields: dict[str, str]) -> dict[FieldT, EncodableT]:
+    """Our text fields as redis-py's field type (a dict's key type is invariant)."""
+    return cast("dict[FieldT, EncodableT]", fields)
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,7 @@ class SiteLock:
 
     def __init__(self, redis: Redis, name: str, ttl: float, wait: float) -> None:
         self._lock = Lock(redis, name, timeout=ttl, blocking_timeout=wait, thread_local=False)
+        self.name = name
         self.ttl = ttl
         self._renewer: asyncio.Task[None] | None = None
         self.lost = asyncio.Event()
@@ -67,7 +73,7 @@ class SiteLock:
     async def acquire(self) -> bool:
         if not await self._lock.acquire():
             return False
-        self._renewer = asyncio.create_task(self._renew(), name=f"renew {self._lock.name}")
+        self._renewer = asyncio.create_task(self._renew(), name=f"renew {self.name}")
         return True
 
     async def _renew(self) -> None:
@@ -109,7 +115,7 @@ class LeaderLease:
         end
         return 0
         """
-        ok = await self.redis.eval(script, 1, self.key, self.holder, int(self.ttl * 1000))  # type: ignore[misc]
+        ok = await self.redis.eval(script, 1, self.key, self.holder, int(self.ttl * 1000))
         return bool(ok)
 
     async def release(self) -> None:
@@ -117,7 +123,7 @@ class LeaderLease:
         if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
         return 0
         """
-        await self.redis.eval(script, 1, self.key, self.holder)  # type: ignore[misc]
+        await self.redis.eval(script, 1, self.key, self.holder)
 
 
 class StateStore:
@@ -131,17 +137,17 @@ class StateStore:
 
     # --- site state -------------------------------------------------------------------
     async def site_state(self, site: str) -> dict[str, str]:
-        raw = await self.redis.hgetall(self.keys.state(site))  # type: ignore[misc]
+        raw = await self.redis.hgetall(self.keys.state(site))
         return {_text(k): _text(v) for k, v in raw.items()}
 
     async def set_site_state(self, site: str, values: dict[str, str]) -> None:
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(self.keys.state(site), mapping=values)  # type: ignore[arg-type]
+        pipe.hset(self.keys.state(site), mapping=_wire(values))
         pipe.sadd(self.keys.sites, site)
         await pipe.execute()
 
     async def known_sites(self) -> list[str]:
-        return sorted(_text(s) for s in await self.redis.smembers(self.keys.sites))  # type: ignore[misc]
+        return sorted(_text(s) for s in await self.redis.smembers(self.keys.sites))
 
     # --- idempotency --------------------------------------------------------------------
     async def is_done(self, site: str, key: str) -> str | None:
@@ -163,35 +169,36 @@ class StateStore:
         pipe = self.redis.pipeline(transaction=True)
         pipe.hincrby(key, "attempt", 1)
         pipe.hsetnx(key, "started_at", f"{time.time():.3f}")
-        pipe.hset(key, mapping={"status": "running", "worker": worker, **meta})
+        pipe.hset(key, mapping=_wire({"status": "running", "worker": worker, **meta}))
         pipe.sadd(self.keys.active(site), run_id)
         pipe.sadd(self.keys.sites, site)
         attempt, *_ = await pipe.execute()
         return int(attempt)
 
     async def run_info(self, site: str, run_id: str) -> dict[str, str]:
-        raw = await self.redis.hgetall(self.keys.run(site, run_id))  # type: ignore[misc]
+        raw = await self.redis.hgetall(self.keys.run(site, run_id))
         return {_text(k): _text(v) for k, v in raw.items()}
 
     async def recorded(self, site: str, run_id: str) -> RunRecord | None:
-        raw = await self.redis.hget(self.keys.run(site, run_id), "record")  # type: ignore[misc]
+        raw = await self.redis.hget(self.keys.run(site, run_id), "record")
         return None if raw is None else RunRecord.model_validate_json(raw)
 
     async def live_workers(self, within: float = 30.0) -> list[tuple[str, float]]:
-        rows = await self.redis.zrangebyscore(
+        reply = await self.redis.zrangebyscore(
             self.keys.workers, time.time() - within, "+inf", withscores=True
         )
+        rows = cast("list[tuple[bytes | str, float]]", reply)  # RESP2 (member, score) pairs
         return [(_text(name), float(ts)) for name, ts in rows]
 
     async def journal_append(self, site: str, run_id: str, entry: JournalEntry) -> None:
-        await self.redis.rpush(self.keys.journal(site, run_id), entry.to_json())  # type: ignore[misc]
+        await self.redis.rpush(self.keys.journal(site, run_id), entry.to_json())
 
     async def journal(self, site: str, run_id: str) -> list[JournalEntry]:
-        rows = await self.redis.lrange(self.keys.journal(site, run_id), 0, -1)  # type: ignore[misc]
+        rows = await self.redis.lrange(self.keys.journal(site, run_id), 0, -1)
         return [JournalEntry.from_json(_text(r)) for r in rows]
 
     async def active_runs(self, site: str) -> list[str]:
-        return sorted(_text(r) for r in await self.redis.smembers(self.keys.active(site)))  # type: ignore[misc]
+        return sorted(_text(r) for r in await self.redis.smembers(self.keys.active(site)))
 
     async def record(self, record: RunRecord, done_key: str | None, changed: bool) -> str | None:
         """Record a finished run once: status, idempotency key and history, atomically.
@@ -206,9 +213,9 @@ class StateStore:
         async with self.redis.pipeline(transaction=True) as pipe:
             await pipe.watch(run_key)
             if await pipe.hget(run_key, "recorded") is not None:
-                await pipe.unwatch()
+                await pipe.unwatch()  # type: ignore[no-untyped-call]
                 return None
-            pipe.multi()
+            pipe.multi()  # type: ignore[no-untyped-call]
             pipe.xadd(
                 self.keys.history(site),
                 {"run": record.model_dump_json()},
@@ -238,7 +245,7 @@ class StateStore:
             except WatchError:  # another worker recorded this run between our check and write
                 return None
         history_id = _text(results[0])
-        await self.redis.hset(run_key, "history_id", history_id)  # type: ignore[misc]
+        await self.redis.hset(run_key, "history_id", history_id)
         return history_id
 
     async def changes_since(self, site: str, seconds: float) -> int:

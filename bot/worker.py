@@ -94,7 +94,12 @@ class Worker:
     def _spawn(self, delivery: Delivery) -> None:
         task = asyncio.create_task(self._process(delivery), name=f"event {delivery.entry_id}")
         self.inflight[delivery.entry_id] = task
-        task.add_done_callback(lambda _t, eid=delivery.entry_id: self.inflight.pop(eid, None))
+        entry_id = delivery.entry_id
+
+        def forget(_task: asyncio.Task[None]) -> None:
+            self.inflight.pop(entry_id, None)
+
+        task.add_done_callback(forget)
 
     async def _drain(self) -> None:
         """Shutdown: let current runs finish within the grace period, hand back the rest."""

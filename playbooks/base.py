@@ -15,7 +15,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, JsonValue
 
@@ -86,7 +86,8 @@ class RunContext:
         except Exception as exc:
             await self.note(name, "failed", f"{type(exc).__name__}: {exc}"[:500])
             raise
-        await self.note(name, "done", self._seal(value) if secret else value)  # type: ignore[arg-type]
+        # The action's result is JSON by contract (see the docstring); the type cannot say so.
+        await self.note(name, "done", self._seal(value) if secret else cast("JsonValue", value))
         return value
 
     def _seal(self, value: Any) -> str:
