@@ -23,7 +23,11 @@ async def open_services(
     settings: Settings, redis_url: str | None = None
 ) -> AsyncIterator[Services]:
     async with open_redis(settings.redis, redis_url) as redis:
-        yield Services.build(settings, redis)
+        services = Services.build(settings, redis)
+        try:
+            yield services
+        finally:
+            await services.azure.close()
 
 
 def build_worker(services: Services, name: str | None = None) -> Worker:

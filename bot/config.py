@@ -159,6 +159,34 @@ class ChatConfig(Section):
     enabled: bool = True
 
 
+CLOUDS = {
+    "public": ("https://management.azure.com", "login.microsoftonline.com"),
+    "usgovernment": ("https://management.usgovcloudapi.net", "login.microsoftonline.us"),
+    "china": ("https://management.chinacloudapi.cn", "login.chinacloudapi.cn"),
+}
+
+
+class AzureConfig(Section):
+    cloud: Literal["public", "usgovernment", "china", "sim"] = "public"
+    endpoint: str | None = Field(None, description="ARM endpoint; for sim or a custom cloud")
+    subscription_id: str = ""
+    tenant_id: str | None = None
+    polling_interval: float = Field(5.0, ge=0, description="LRO poll delay without Retry-After")
+    request_timeout: float = Field(60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _endpoint_for_sim(self) -> AzureConfig:
+        if self.cloud == "sim" and not self.endpoint:
+            raise ValueError("cloud = 'sim' needs endpoint (e.g. http://127.0.0.1:8443)")
+        return self
+
+    @property
+    def arm_endpoint(self) -> str:
+        if self.endpoint:
+            return self.endpoint.rstrip("/")
+        return CLOUDS[self.cloud][0]
+
+
 class SecurityConfig(Section):
     journal_key: SecretStr | None = Field(
         None, description="Fernet key that encrypts secrets kept in run journals"
@@ -207,6 +235,7 @@ class Settings(BaseSettings):
     sources: list[SourceConfig] = []
     chat: ChatConfig = ChatConfig()
     security: SecurityConfig = SecurityConfig()
+    azure: AzureConfig = AzureConfig()
     http: HttpConfig = HttpConfig()
     log: LogConfig = LogConfig()
 

@@ -8,6 +8,7 @@ from typing import Any
 from cryptography.fernet import Fernet
 from redis.asyncio import Redis
 
+from bot.azure import AzureClients
 from bot.config import Settings
 from bot.keys import Keys
 from bot.metrics import Metrics
@@ -23,6 +24,7 @@ class Services:
     state: StateStore
     queue: EventQueue
     metrics: Metrics
+    azure: AzureClients
     journal_cipher: Fernet | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -47,5 +49,6 @@ class Services:
                 dead_maxlen=settings.redis.dead_letter_maxlen,
             ),
             metrics=metrics or Metrics(),
+            azure=AzureClients(settings.azure),
             journal_cipher=Fernet(key.get_secret_value()) if key is not None else None,
         )

@@ -9,8 +9,17 @@ from playbooks.base import Playbook
 
 def builtin() -> dict[str, Playbook[Any]]:
     """Name → playbook instance, for every playbook this build ships."""
+    from playbooks.azure.connection import ResetConnection, VerifyTunnel
+    from playbooks.azure.local_gateway import UpdateLocalGateway
     from playbooks.notify import Notify
     from playbooks.testing import Noop, Sleep
 
-    found: list[Playbook[Any]] = [Notify(), Noop(), Sleep()]
+    found: list[Playbook[Any]] = [
+        UpdateLocalGateway(),
+        ResetConnection(),
+        VerifyTunnel(),
+        Notify(),
+        Noop(),
+        Sleep(),
+    ]
     return {p.name: p for p in found}

@@ -1,0 +1,74 @@
+"""The Azure side: which cloud, which credential, and the one network client a process shares.
+
+In ``sim`` mode the real ``azure-mgmt-network`` aio client talks to the local ARM simulator
+with a fixed token; otherwise ``DefaultAzureCredential`` (managed identity, workload identity,
+environment, Azure CLI) against the public or a sovereign cloud.
+
+Retries have one owner: the SDK's own retry policy is switched off (``retry_total=0``) and
+playbook steps retry transient faults with tenacity, honouring ``Retry-After`` — so a 429
+storm never multiplies into SDK retries times our retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from bot.config import CLOUDS, AzureConfig
+
+if TYPE_CHECKING:
+    from azure.core.credentials_async import AsyncTokenCredential
+    from azure.mgmt.network.aio import NetworkManagementClient
+
+
+class AzureClients:
+    """Builds the network client on first use (the SDK import is heavy) and closes it."""
+
+    def __init__(self, cfg: AzureConfig) -> None:
+        self.cfg = cfg
+        self._client: NetworkManagementClient | None = None
+        self._credential: AsyncTokenCredential | None = None
+        self._guard = asyncio.Lock()
+
+    async def network(self) -> NetworkManagementClient:
+        async with self._guard:
+            if self._client is None:
+                self._client = self._build()
+            return self._client
+
+    def _build(self) -> NetworkManagementClient:
+        cfg = self.cfg
+        if not cfg.subscription_id:
+            from bot.retry import PermanentError
+
+            raise PermanentError("azure.subscription_id is not configured", "NotConfigured")
+        options: dict[str, Any] = {
+            "retry_total": 0,
+            "polling_interval": cfg.polling_interval,
+            "connection_timeout": cfg.request_timeout,
+            "read_timeout": cfg.request_timeout,
+        }
+        if cfg.cloud == "sim":
+            from bot.sim.client import sim_network_client
+
+            return sim_network_client(cfg.arm_endpoint, cfg.subscription_id, **options)
+        from azure.identity.aio import DefaultAzureCredential
+        from azure.mgmt.network.aio import NetworkManagementClient
+
+        authority = CLOUDS.get(cfg.cloud, CLOUDS["public"])[1]
+        self._credential = DefaultAzureCredential(authority=authority)
+        return NetworkManagementClient(
+            self._credential,
+            cfg.subscription_id,
+            base_url=cfg.arm_endpoint,
+            credential_scopes=[f"{cfg.arm_endpoint}/.default"],
+            **options,
+        )
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+        if self._credential is not None:
+            await self._credential.close()
+            self._credential = None

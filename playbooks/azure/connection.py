@@ -1,0 +1,117 @@
+"""``reset-connection`` and ``verify-tunnel``: bring a connection back, or prove it is back.
+
+Both are converged when the connection reports ``Connected``: a healthy tunnel is never reset
+by a repeated or late event. ``verify-tunnel`` changes nothing; when the tunnel is down it
+waits, and if it stays down it says why (the connection's status against the LNG's address).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from bot.models import Change, Plan
+from playbooks.azure.common import AzureTarget, network, target, text, wait_connected
+from playbooks.base import Playbook, RunContext
+
+
+class WaitParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    timeout: float = Field(120.0, ge=0, le=3600, description="seconds to wait for Connected")
+    interval: float = Field(5.0, gt=0, le=300, description="seconds between status reads")
+
+
+class ResetParams(WaitParams):
+    force: bool = Field(False, description="reset even when the connection reports Connected")
+
+
+async def _status(ctx: RunContext, t: AzureTarget) -> str:
+    client = await network(ctx)
+    conn = await client.virtual_network_gateway_connections.get(t.resource_group, t.connection)
+    return text(conn.connection_status) or "Unknown"
+
+
+async def _why_down(ctx: RunContext, t: AzureTarget, status: str, waited: float) -> str:
+    client = await network(ctx)
+    lng = await client.local_network_gateways.get(t.resource_group, t.local_network_gateway)
+    props = lng.as_dict().get("properties", {})
+    address = props.get("gatewayIpAddress") or props.get("fqdn") or "(none)"
+    return (
+        f"connection {t.connection} is {status} after {waited:.0f}s; "
+        f"lng {t.local_network_gateway} points at {address} "
+        f"(provisioning {props.get('provisioningState', 'unknown')})"
+    )
+
+
+class VerifyTunnel(Playbook[WaitParams]):
+    name = "verify-tunnel"
+    summary = "Wait until the site's connection reports Connected, or say why not"
+    params_model = WaitParams
+
+    async def plan(self, ctx: RunContext, params: WaitParams) -> Plan:
+        t = target(ctx)
+        status = await _status(ctx, t)
+        if status == "Connected":
+            return Plan()
+        return Plan(
+            changes=[
+                Change(
+                    target=f"connection {t.connection}",
+                    field="connectionStatus",
+                    old=status,
+                    new="Connected",
+                )
+            ]
+        )
+
+    async def apply(self, ctx: RunContext, params: WaitParams, plan: Plan) -> str:
+        t = target(ctx)
+        client = await network(ctx)
+        up, status, waited = await wait_connected(client, t, params.timeout, params.interval)
+        return f"Connected after {waited:.1f}s" if up else f"still {status} after {waited:.0f}s"
+
+    async def verify(self, ctx: RunContext, params: WaitParams) -> str | None:
+        t = target(ctx)
+        status = await _status(ctx, t)
+        if status == "Connected":
+            return None
+        return await _why_down(ctx, t, status, params.timeout)
+
+
+class ResetConnection(Playbook[ResetParams]):
+    name = "reset-connection"
+    summary = "Reset the site's connection (Azure reset operation) and wait for Connected"
+    params_model = ResetParams
+
+    async def plan(self, ctx: RunContext, params: ResetParams) -> Plan:
+        t = target(ctx)
+        status = await _status(ctx, t)
+        if status == "Connected" and not params.force:
+            return Plan()
+        return Plan(
+            changes=[
+                Change(target=f"connection {t.connection}", field="reset", old=status, new="reset")
+            ]
+        )
+
+    async def apply(self, ctx: RunContext, params: ResetParams, plan: Plan) -> str:
+        t = target(ctx)
+
+        async def reset() -> str:
+            client = await network(ctx)
+            poller = await client.virtual_network_gateway_connections.begin_reset_connection(
+                t.resource_group, t.connection
+            )
+            await poller.result()
+            return "reset"
+
+        await ctx.step("reset", reset)
+        client = await network(ctx)
+        up, status, waited = await wait_connected(client, t, params.timeout, params.interval)
+        return f"reset; Connected after {waited:.1f}s" if up else f"reset; still {status}"
+
+    async def verify(self, ctx: RunContext, params: ResetParams) -> str | None:
+        t = target(ctx)
+        status = await _status(ctx, t)
+        if status == "Connected":
+            return None
+        return await _why_down(ctx, t, status, params.timeout)
