@@ -1,0 +1,163 @@
+"""``/_sim/`` control API: change the simulated world at run time (JSON in/out).
+
+Routes (no authentication; the server only listens on loopback)::
+
+    GET    /_sim/state                      full world dump (shared keys included)
+    GET    /_sim/config                     current settings
+    PATCH  /_sim/config                     {"tunnel_delay": 2, "retry_after": 0, ...}
+    POST   /_sim/resource-groups            {"subscription", "name", "location"?}
+    GET    /_sim/devices
+    PUT    /_sim/devices/{name}             {"public_ip"?, "shared_key"?, "lng"?, "fqdn"?}
+    PUT    /_sim/dns/{name}                 {"ip": "203.0.113.7"}
+    DELETE /_sim/dns/{name}
+    GET    /_sim/tunnels                    {connection id: status}
+    POST   /_sim/tunnels/drop               {"connection": id-or-name, "cleared_by"?: [...]}
+    GET    /_sim/faults                     armed rules
+    POST   /_sim/faults                     FaultSpec -> 201 armed rule (with "id")
+    DELETE /_sim/faults                     disarm all
+    DELETE /_sim/faults/{id}
+    GET    /_sim/counters                   {key: {reads, writes, polls, faults}}
+    DELETE /_sim/counters                   reset counters
+    POST   /_sim/operations/complete        finish every pending LRO now
+
+Errors come back as ``{"error": "..."}`` with 400 (bad input) or 404 (unknown thing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from bot.sim.faults import FaultSpec
+from bot.sim.world import World
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _guard(handler: Handler) -> Handler:
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except KeyError as exc:
+            return web.json_response({"error": str(exc.args[0] if exc.args else exc)}, status=404)
+        except (ValueError, TypeError, ValidationError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+
+    return wrapped
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    data = await request.json() if request.can_read_body else {}
+    if not isinstance(data, dict):
+        raise ValueError("expected a JSON object")
+    return data
+
+
+def _field(body: dict[str, Any], name: str) -> str:
+    if name not in body:
+        raise ValueError(f"missing field {name!r}")
+    return str(body[name])
+
+
+def add_control_routes(app: web.Application, world: World) -> None:
+    """Register the ``/_sim/`` routes operating on ``world``."""
+
+    async def state(_: web.Request) -> web.StreamResponse:
+        return web.json_response(world.dump())
+
+    async def get_config(_: web.Request) -> web.StreamResponse:
+        return web.json_response(world.settings.model_dump())
+
+    async def patch_config(request: web.Request) -> web.StreamResponse:
+        return web.json_response(world.configure(**await _json_body(request)).model_dump())
+
+    async def add_group(request: web.Request) -> web.StreamResponse:
+        body = await _json_body(request)
+        group = world.add_resource_group(
+            _field(body, "subscription"),
+            _field(body, "name"),
+            str(body.get("location", "westeurope")),
+        )
+        return web.json_response(asdict(group), status=201)
+
+    async def list_devices(_: web.Request) -> web.StreamResponse:
+        return web.json_response([asdict(d) for d in world.devices.values()])
+
+    async def put_device(request: web.Request) -> web.StreamResponse:
+        body = await _json_body(request)
+        allowed = {"public_ip", "shared_key", "lng", "fqdn"}
+        if set(body) - allowed:
+            raise ValueError(f"unknown fields {sorted(set(body) - allowed)}")
+        device = world.set_device(request.match_info["name"], **body)
+        return web.json_response(asdict(device))
+
+    async def put_dns(request: web.Request) -> web.StreamResponse:
+        body = await _json_body(request)
+        world.set_dns(request.match_info["name"], _field(body, "ip"))
+        return web.json_response(world.dns)
+
+    async def delete_dns(request: web.Request) -> web.StreamResponse:
+        world.set_dns(request.match_info["name"], None)
+        return web.json_response(world.dns)
+
+    async def tunnels(_: web.Request) -> web.StreamResponse:
+        return web.json_response(world.dump()["tunnels"])
+
+    async def drop(request: web.Request) -> web.StreamResponse:
+        body = await _json_body(request)
+        world.drop_tunnel(_field(body, "connection"), body.get("cleared_by"))
+        conn = world.find(_field(body, "connection"))
+        return web.json_response({"id": conn.id, "connectionStatus": world.connection_status(conn)})
+
+    async def list_faults(_: web.Request) -> web.StreamResponse:
+        return web.json_response([r.model_dump() for r in world.faults.rules()])
+
+    async def add_fault(request: web.Request) -> web.StreamResponse:
+        rule = world.add_fault(FaultSpec.model_validate(await _json_body(request)))
+        return web.json_response(rule.model_dump(), status=201)
+
+    async def clear_faults(_: web.Request) -> web.StreamResponse:
+        world.faults.clear()
+        return web.json_response([])
+
+    async def delete_fault(request: web.Request) -> web.StreamResponse:
+        if not world.faults.remove(int(request.match_info["id"])):
+            raise KeyError(f"no fault {request.match_info['id']}")
+        return web.json_response([r.model_dump() for r in world.faults.rules()])
+
+    async def counters(_: web.Request) -> web.StreamResponse:
+        return web.json_response(world.counters.snapshot())
+
+    async def reset_counters(_: web.Request) -> web.StreamResponse:
+        world.counters.reset()
+        return web.json_response({})
+
+    async def complete_ops(_: web.Request) -> web.StreamResponse:
+        world.ops.finish_all()
+        return web.json_response(world.ops.snapshot())
+
+    routes: list[tuple[str, str, Handler]] = [
+        ("GET", "/_sim/state", state),
+        ("GET", "/_sim/config", get_config),
+        ("PATCH", "/_sim/config", patch_config),
+        ("POST", "/_sim/resource-groups", add_group),
+        ("GET", "/_sim/devices", list_devices),
+        ("PUT", "/_sim/devices/{name}", put_device),
+        ("PUT", "/_sim/dns/{name}", put_dns),
+        ("DELETE", "/_sim/dns/{name}", delete_dns),
+        ("GET", "/_sim/tunnels", tunnels),
+        ("POST", "/_sim/tunnels/drop", drop),
+        ("GET", "/_sim/faults", list_faults),
+        ("POST", "/_sim/faults", add_fault),
+        ("DELETE", "/_sim/faults", clear_faults),
+        ("DELETE", "/_sim/faults/{id}", delete_fault),
+        ("GET", "/_sim/counters", counters),
+        ("DELETE", "/_sim/counters", reset_counters),
+        ("POST", "/_sim/operations/complete", complete_ops),
+    ]
+    for method, path, handler in routes:
+        app.router.add_route(method, path, _guard(handler))

@@ -1,0 +1,111 @@
+"""Request counters and ARM-style subscription throttling for the simulator.
+
+Counters let tests assert exactly how many reads/writes the bot issued per
+resource (the point of a rate-limit-aware bot). The rate limiter mimics ARM's
+token buckets per subscription and operation class so a bot that hammers ARM
+sees a real 429 + ``Retry-After`` instead of silently succeeding.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+
+
+class OpClass(StrEnum):
+    READ = "reads"
+    WRITE = "writes"
+    DELETE = "deletes"
+
+
+@dataclass
+class Counter:
+    reads: int = 0  # GETs of a resource, its sub-resources (sharedkey) or a collection
+    writes: int = 0  # PUT / PATCH / DELETE / POST actions
+    polls: int = 0  # GETs of this resource's async-operation / operation-result URLs
+    faults: int = 0  # injected or throttled responses among the above
+
+
+@dataclass
+class RequestCounters:
+    """Per-key counters; keys are lower-cased resource ids or collection paths."""
+
+    by_key: dict[str, Counter] = field(default_factory=dict)
+
+    def _get(self, key: str) -> Counter:
+        return self.by_key.setdefault(key.lower().rstrip("/"), Counter())
+
+    def count(self, key: str, kind: str) -> None:
+        counter = self._get(key)
+        setattr(counter, kind, getattr(counter, kind) + 1)
+
+    def get(self, key: str) -> Counter:
+        """Counts for ``key`` (case-insensitive); zeros if never seen."""
+        return self.by_key.get(key.lower().rstrip("/"), Counter())
+
+    def reads(self, key: str) -> int:
+        return self.get(key).reads
+
+    def writes(self, key: str) -> int:
+        return self.get(key).writes
+
+    def polls(self, key: str) -> int:
+        return self.get(key).polls
+
+    def totals(self) -> Counter:
+        total = Counter()
+        for counter in self.by_key.values():
+            total.reads += counter.reads
+            total.writes += counter.writes
+            total.polls += counter.polls
+            total.faults += counter.faults
+        return total
+
+    def reset(self) -> None:
+        self.by_key.clear()
+
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        return {key: asdict(value) for key, value in sorted(self.by_key.items())}
+
+
+# ARM's documented per-subscription token buckets: (bucket size, refill per second).
+ARM_LIMITS: dict[OpClass, tuple[float, float]] = {
+    OpClass.READ: (250.0, 25.0),
+    OpClass.WRITE: (200.0, 10.0),
+    OpClass.DELETE: (200.0, 10.0),
+}
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    stamp: float
+
+
+class RateLimiter:
+    """Token buckets per (subscription, operation class)."""
+
+    def __init__(self, clock: Callable[[], float], limits: dict[OpClass, tuple[float, float]]):
+        self._clock = clock
+        self._limits = limits
+        self._buckets: dict[tuple[str, OpClass], _Bucket] = {}
+
+    def acquire(self, subscription: str, op: OpClass) -> tuple[bool, int, int]:
+        """Take a token; return (allowed, remaining, retry_after_seconds)."""
+        size, rate = self._limits[op]
+        now = self._clock()
+        key = (subscription.lower(), op)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = _Bucket(tokens=size, stamp=now)
+        bucket.tokens = min(size, bucket.tokens + (now - bucket.stamp) * rate)
+        bucket.stamp = now
+        if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
+            return True, int(bucket.tokens), 0
+        return False, 0, max(1, math.ceil((1.0 - bucket.tokens) / rate))
+
+    def reset(self) -> None:
+        self._buckets.clear()
