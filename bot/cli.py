@@ -36,7 +36,9 @@ app = typer.Typer(
 playbook_app = typer.Typer(help="List and run playbooks by hand.", no_args_is_help=True)
 config_app = typer.Typer(help="Check the configuration.", no_args_is_help=True)
 app.add_typer(playbook_app, name="playbook")
+sim_app = typer.Typer(help="Local simulators (loopback only).", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.add_typer(sim_app, name="sim")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True)
@@ -481,6 +483,27 @@ def config_new_key() -> None:
     from cryptography.fernet import Fernet
 
     sys.stdout.write(Fernet.generate_key().decode() + "\n")
+
+
+# --- simulators -------------------------------------------------------------------------
+
+
+@sim_app.command("arm")
+def sim_arm(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 = any free one)")] = 8443,
+    world: Annotated[Path | None, typer.Option(help="Seed file (TOML/JSON)")] = None,
+    retry_after: Annotated[int | None, typer.Option(help="Retry-After on LROs (s)")] = None,
+    tunnel_delay: Annotated[float | None, typer.Option(help="Connecting -> Connected (s)")] = None,
+) -> None:
+    """Run the Azure Resource Manager simulator (Microsoft.Network) until Ctrl-C."""
+    import contextlib
+
+    from bot.sim.arm import main as arm_main
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(
+            arm_main("127.0.0.1", port, world, retry_after=retry_after, tunnel_delay=tunnel_delay)
+        )
 
 
 def main() -> None:

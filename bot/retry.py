@@ -16,6 +16,8 @@ from tenacity.stop import stop_after_delay, stop_base
 from tenacity.wait import wait_exponential_jitter
 
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+# ARM error codes that mean "later", whatever the status (409 for a resource that is busy).
+TRANSIENT_CODES = frozenset({"AnotherOperationInProgress", "RetryableError"})
 
 
 class TransientError(Exception):
@@ -59,7 +61,8 @@ def is_transient(exc: BaseException) -> bool:
         if isinstance(exc, azure.ServiceRequestError | azure.ServiceResponseError):
             return True
         if isinstance(exc, azure.HttpResponseError):
-            return status_of(exc) in TRANSIENT_STATUS
+            code = getattr(getattr(exc, "error", None), "code", None)
+            return status_of(exc) in TRANSIENT_STATUS or code in TRANSIENT_CODES
     return False
 
 

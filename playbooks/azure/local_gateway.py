@@ -84,10 +84,15 @@ class UpdateLocalGateway(Playbook[LngParams]):
             )
         notes: list[str] = []
         if params.strategy == "recreate":
-            conn = await client.virtual_network_gateway_connections.get(
-                t.resource_group, t.connection
-            )
-            status = text(conn.connection_status) or "Unknown"
+            try:
+                conn = await client.virtual_network_gateway_connections.get(
+                    t.resource_group, t.connection
+                )
+                status = text(conn.connection_status) or "Unknown"
+            except Exception as exc:
+                if not is_not_found(exc):
+                    raise
+                status = "missing"  # deleted by a run that crashed; its journal restores it
             if changes or status != "Connected":
                 changes.append(
                     Change(

@@ -1,0 +1,128 @@
+"""SIGKILL the worker at each step of ``recreate``; a new worker must finish with one identical
+connection. The worker is a real process; it talks to the simulator over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.fernet import Fernet
+
+from bot.events import Event
+from bot.services import Services
+from bot.sim.arm import start_arm_sim
+from tests.azure_world import NEW_IP, RG, SHARED_KEY, SUB, world
+from tests.conftest import cli_env, tunnelwarden
+from tests.test_azure_playbooks import connections, lng_of, settings_of
+
+CONFIG = """
+[worker]
+visibility_timeout = 1.0
+reclaim_interval = 0.2
+block_ms = 100
+
+[policies]
+lock_ttl = 1.5
+retry_max_delay = 1.0
+retry_attempts = 10
+
+[azure]
+cloud = "sim"
+endpoint = "http://127.0.0.1:{port}"
+subscription_id = "{sub}"
+polling_interval = 0.2
+
+[sites.home]
+resource_group = "{rg}"
+local_network_gateway = "lng-home"
+connection = "conn-home"
+"""
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
+async def wait_for(check: Any, timeout: float = 30.0, every: float = 0.01) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = await check()
+        if value:
+            return value
+        await asyncio.sleep(every)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+@pytest.mark.parametrize(
+    "step", ["snapshot", "delete-connection", "update-lng", "create-connection"]
+)
+async def test_sigkill_at_each_recreate_step_ends_with_one_identical_connection(
+    step: str, services: Services, redis_url: str, prefix: str, tmp_path: Path,
+    procs: list[subprocess.Popen[bytes]],
+) -> None:  # fmt: skip
+    w = world()
+    # Slow every long-running operation, and make the snapshot's key read wait, so that
+    # each step lasts long enough to be killed in the middle of.
+    w.configure(lro_polls=4, lro_settle_seconds=2.0)
+    w.add_fault(kind="throttle", method="GET", path="sharedkey", count=1, retry_after=0.8)
+    runner, port = await start_arm_sim(w)
+    try:
+        before = settings_of(connections(w)[0])
+        w.set_device("fritzbox-home", public_ip=NEW_IP)
+        config = tmp_path / "tw.toml"
+        config.write_text(CONFIG.format(port=port, sub=SUB, rg=RG))
+        env = cli_env(redis_url, prefix,
+                      TUNNELWARDEN_SECURITY__JOURNAL_KEY=Fernet.generate_key().decode())  # fmt: skip
+
+        def start(name: str) -> subprocess.Popen[bytes]:
+            proc = subprocess.Popen(
+                [*tunnelwarden(), "--config", str(config), "worker"],
+                env={**env, "TUNNELWARDEN_WORKER__NAME": name},
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            procs.append(proc)
+            return proc
+
+        event = Event.new("playbook.requested", "home", source="test", data={
+            "playbook": "update-local-gateway", "params": {"ip": NEW_IP, "strategy": "recreate"},
+        })  # fmt: skip
+        await services.queue.publish(event)
+        first = start("first")
+
+        async def in_step() -> bool:
+            journal = await services.state.journal("home", event.id)
+            return any(e.step == step and e.phase == "start" for e in journal)
+
+        await wait_for(in_step)
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        journal = await services.state.journal("home", event.id)
+        assert not any(e.step == step and e.phase == "done" for e in journal), "killed too late"
+
+        start("second")
+        record = await wait_for(lambda: services.state.recorded("home", event.id), every=0.1)
+
+        assert record.outcome == "ok", record
+        assert record.attempt == 2 and record.worker == "second"
+        (conn,) = connections(w)
+        assert settings_of(conn) == before, "the re-created connection differs"
+        assert conn["sim"]["sharedKey"] == SHARED_KEY
+        assert lng_of(w)["properties"]["gatewayIpAddress"] == NEW_IP
+        assert w.connection_status("conn-home") == "Connected"
+        assert [r.run_id for r in await services.state.history("home", 10)] == [event.id]
+        raw = b"".join(await services.redis.lrange(services.keys.journal("home", event.id), 0, -1))  # type: ignore[misc]
+        assert SHARED_KEY.encode() not in raw
+    finally:
+        await runner.cleanup()
