@@ -108,6 +108,8 @@ class Playbook(ABC, Generic[P]):
     name: ClassVar[str]
     summary: ClassVar[str]
     destructive: ClassVar[bool] = False
+    # Azure RBAC actions the playbook may call (docs/azure.md, deploy/azure-role.json).
+    permissions: ClassVar[tuple[str, ...]] = ()
     params_model: type[P]
 
     def parse(self, raw: dict[str, Any]) -> P:

@@ -26,6 +26,9 @@ CONNECTION_READONLY = frozenset(
 )
 RESOURCE_READONLY = frozenset({"id", "name", "type", "etag"})
 
+NET = "Microsoft.Network"
+LRO_STATUS = (f"{NET}/locations/operations/read", f"{NET}/locations/operationResults/read")
+
 
 @dataclass(frozen=True)
 class AzureTarget:

@@ -10,7 +10,15 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from bot.models import Change, Plan
-from playbooks.azure.common import AzureTarget, network, target, text, wait_connected
+from playbooks.azure.common import (
+    LRO_STATUS,
+    NET,
+    AzureTarget,
+    network,
+    target,
+    text,
+    wait_connected,
+)
 from playbooks.base import Playbook, RunContext
 
 
@@ -46,6 +54,7 @@ class VerifyTunnel(Playbook[WaitParams]):
     name = "verify-tunnel"
     summary = "Wait until the site's connection reports Connected, or say why not"
     params_model = WaitParams
+    permissions = (f"{NET}/connections/read", f"{NET}/localNetworkGateways/read")
 
     async def plan(self, ctx: RunContext, params: WaitParams) -> Plan:
         t = target(ctx)
@@ -81,6 +90,12 @@ class ResetConnection(Playbook[ResetParams]):
     name = "reset-connection"
     summary = "Reset the site's connection (Azure reset operation) and wait for Connected"
     params_model = ResetParams
+    permissions = (
+        f"{NET}/connections/read",
+        f"{NET}/connections/resetconnection/action",
+        f"{NET}/localNetworkGateways/read",
+        *LRO_STATUS,
+    )
 
     async def plan(self, ctx: RunContext, params: ResetParams) -> Plan:
         t = target(ctx)

@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from bot.models import Change, Plan
 from bot.retry import PermanentError, TransientError
 from playbooks.azure.common import (
+    LRO_STATUS,
+    NET,
     AzureTarget,
     finish,
     is_not_found,
@@ -65,6 +67,17 @@ class UpdateLocalGateway(Playbook[LngParams]):
     name = "update-local-gateway"
     summary = "Point the site's Local Network Gateway at its new IP (in-place or recreate)"
     params_model = LngParams
+    permissions = (
+        f"{NET}/localNetworkGateways/read",
+        f"{NET}/localNetworkGateways/write",
+        *LRO_STATUS,
+        # strategy = "recreate":
+        f"{NET}/connections/read",
+        f"{NET}/connections/sharedkey/action",
+        f"{NET}/connections/delete",
+        f"{NET}/connections/write",
+        f"{NET}/virtualNetworkGateways/read",
+    )
 
     async def plan(self, ctx: RunContext, params: LngParams) -> Plan:
         t = target(ctx)
