@@ -103,9 +103,10 @@ class Runner:
         results: list[PlaybookResult] = []
         for index, call in enumerate(decision.playbooks):
             finished = [
-                e for e in journal if e.playbook == index and e.step == PLAYBOOK_STEP
-                and e.phase == "done"
-            ]  # fmt: skip
+                e
+                for e in journal
+                if e.playbook == index and e.step == PLAYBOOK_STEP and e.phase == "done"
+            ]
             if finished:
                 result = PlaybookResult.model_validate(finished[-1].data)
             else:

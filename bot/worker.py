@@ -222,6 +222,11 @@ class Worker:
             if record is None:
                 metrics.duplicates.inc()
             else:
-                log.info("run %s: %s in %.2fs", record.run_id, record.outcome, record.duration_s,
-                         extra=extra)  # fmt: skip
+                log.info(
+                    "run %s: %s in %.2fs",
+                    record.run_id,
+                    record.outcome,
+                    record.duration_s,
+                    extra=extra,
+                )
         await queue.ack(delivery.entry_id)

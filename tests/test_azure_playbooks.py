@@ -62,11 +62,19 @@ def connections(w: World) -> list[dict[str, Any]]:
 
 
 def settings_of(conn: dict[str, Any]) -> dict[str, Any]:
-    keep = set(CONNECTION_SETTINGS) | {"localNetworkGateway2", "virtualNetworkGateway1",
-                                       "connectionType"}  # fmt: skip
+    keep = set(CONNECTION_SETTINGS) | {
+        "localNetworkGateway2",
+        "virtualNetworkGateway1",
+        "connectionType",
+    }
     props = {k: v for k, v in conn["properties"].items() if k in keep}
-    return {"properties": props, "tags": conn.get("tags"), "sharedKey": conn["sim"]["sharedKey"],
-            "id": conn["id"], "location": conn["location"]}  # fmt: skip
+    return {
+        "properties": props,
+        "tags": conn.get("tags"),
+        "sharedKey": conn["sim"]["sharedKey"],
+        "id": conn["id"],
+        "location": conn["location"],
+    }
 
 
 def writes(w: World) -> int:
@@ -75,9 +83,13 @@ def writes(w: World) -> int:
 
 async def execute(services: Services, *calls: PlaybookCall) -> RunRecord:
     worker = build_worker(services, "t")
-    event = Event.new("playbook.requested", "home", source="test",
-                      data={"playbook": calls[0].name, "params": calls[0].params},
-                      idempotency_key=uuid.uuid4().hex)  # fmt: skip
+    event = Event.new(
+        "playbook.requested",
+        "home",
+        source="test",
+        data={"playbook": calls[0].name, "params": calls[0].params},
+        idempotency_key=uuid.uuid4().hex,
+    )
     record = await worker.runner.execute(event, Decision(playbooks=list(calls), reason="test"))
     assert record is not None
     return record
@@ -90,9 +102,7 @@ def update(ip: str = NEW_IP, strategy: str = "in-place") -> PlaybookCall:
 VERIFY = PlaybookCall(name="verify-tunnel", params={"timeout": 10, "interval": 0.05})
 
 
-async def test_in_place_update_brings_the_tunnel_back(
-    sim: tuple[World, int], az: Services
-) -> None:
+async def test_in_place_update_brings_the_tunnel_back(sim: tuple[World, int], az: Services) -> None:
     w, _ = sim
     assert w.connection_status("conn-home") == "Connected"
     before = settings_of(connections(w)[0])
@@ -108,7 +118,9 @@ async def test_in_place_update_brings_the_tunnel_back(
     lng = lng_of(w)
     assert lng["properties"]["gatewayIpAddress"] == NEW_IP
     assert lng["properties"]["localNetworkAddressSpace"]["addressPrefixes"] == [
-        "192.168.178.0/24", "192.168.179.0/24"]  # fmt: skip
+        "192.168.178.0/24",
+        "192.168.179.0/24",
+    ]
     assert lng["properties"]["bgpSettings"]["asn"] == 65010
     assert w.connection_status("conn-home") == "Connected"
     (conn,) = connections(w)
@@ -181,8 +193,9 @@ async def test_throttling_storm_is_survived_with_retry_after(
 ) -> None:
     w, _ = sim
     w.set_device("fritzbox-home", public_ip=NEW_IP)
-    w.add_fault(kind="throttle", method="PUT", path="localNetworkGateways", count=3,
-                retry_after=0.1)  # fmt: skip
+    w.add_fault(
+        kind="throttle", method="PUT", path="localNetworkGateways", count=3, retry_after=0.1
+    )
     record = await execute(az, update(), VERIFY)
     assert record.outcome == "ok", record
     assert lng_of(w)["properties"]["gatewayIpAddress"] == NEW_IP
@@ -192,8 +205,15 @@ async def test_throttling_storm_is_survived_with_retry_after(
 
 async def test_a_busy_resource_is_tried_again(sim: tuple[World, int], az: Services) -> None:
     w, _ = sim
-    w.add_fault(kind="error", method="PUT", path="localNetworkGateways", count=2, status=409,
-                code="AnotherOperationInProgress", message="busy")  # fmt: skip
+    w.add_fault(
+        kind="error",
+        method="PUT",
+        path="localNetworkGateways",
+        count=2,
+        status=409,
+        code="AnotherOperationInProgress",
+        message="busy",
+    )
     record = await execute(az, update())
     assert record.outcome == "ok", record
     assert w.counters.get(lng_of(w)["id"].lower()).writes == 3
@@ -203,15 +223,27 @@ async def test_failed_lro_and_permanent_errors_are_reported(
     sim: tuple[World, int], az: Services
 ) -> None:
     w, _ = sim
-    w.add_fault(kind="fail_lro", method="PUT", path="localNetworkGateways", count=10,
-                code="InternalServerError", message="gateway update failed")  # fmt: skip
+    w.add_fault(
+        kind="fail_lro",
+        method="PUT",
+        path="localNetworkGateways",
+        count=10,
+        code="InternalServerError",
+        message="gateway update failed",
+    )
     failed = await execute(az, update())
     assert failed.outcome == "failed"
     assert "gateway update failed" in (failed.playbooks[0].error or "")
     w.faults.clear()
 
-    w.add_fault(kind="error", method="GET", path="localNetworkGateways", status=403,
-                code="AuthorizationFailed", message="no read permission")  # fmt: skip
+    w.add_fault(
+        kind="error",
+        method="GET",
+        path="localNetworkGateways",
+        status=403,
+        code="AuthorizationFailed",
+        message="no read permission",
+    )
     denied = await execute(az, update(ip="203.0.113.99"))
     assert denied.outcome == "failed"
     assert denied.playbooks[0].error_code == "AuthorizationFailed"
@@ -243,15 +275,17 @@ async def test_reset_connection_brings_back_a_dropped_tunnel(
     w.drop_tunnel("conn-home", cleared_by=["reset_connection"])
     assert w.connection_status("conn-home") == "NotConnected"
 
-    down = await execute(az, PlaybookCall(name="verify-tunnel",
-                                          params={"timeout": 0.2, "interval": 0.05}))  # fmt: skip
+    down = await execute(
+        az, PlaybookCall(name="verify-tunnel", params={"timeout": 0.2, "interval": 0.05})
+    )
     assert down.outcome == "failed"
     assert down.playbooks[0].error_code == "VerifyFailed"
-    assert f"connection conn-home is NotConnected" in (down.playbooks[0].error or "")
+    assert "connection conn-home is NotConnected" in (down.playbooks[0].error or "")
     assert f"points at {OLD_IP}" in (down.playbooks[0].error or "")
 
-    reset = await execute(az, PlaybookCall(name="reset-connection",
-                                           params={"timeout": 5, "interval": 0.05}))  # fmt: skip
+    reset = await execute(
+        az, PlaybookCall(name="reset-connection", params={"timeout": 5, "interval": 0.05})
+    )
     assert reset.outcome == "ok", reset
     assert w.connection_status("conn-home") == "Connected"
     # Connected already: a second reset request changes nothing.
@@ -274,26 +308,40 @@ async def test_cli_against_a_hand_started_simulator(
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    sim_proc = subprocess.Popen(
-        [*tunnelwarden(), "sim", "arm", "--port", str(port), "--retry-after", "0"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    sim_proc = await asyncio.create_subprocess_exec(
+        *tunnelwarden(),
+        "sim",
+        "arm",
+        "--port",
+        str(port),
+        "--retry-after",
+        "0",
+        stdout=asyncio.subprocess.PIPE,
+    )
     root = f"http://127.0.0.1:{port}"
     base = f"{root}/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Network"
     q = "?api-version=2024-05-01"
     gw = {"location": "westeurope", "properties": {"gatewayType": "Vpn", "vpnType": "RouteBased"}}
-    lng = {"location": "westeurope", "properties": {"gatewayIpAddress": OLD_IP,
-           "localNetworkAddressSpace": {"addressPrefixes": ["192.168.178.0/24"]}}}  # fmt: skip
+    lng = {
+        "location": "westeurope",
+        "properties": {
+            "gatewayIpAddress": OLD_IP,
+            "localNetworkAddressSpace": {"addressPrefixes": ["192.168.178.0/24"]},
+        },
+    }
     try:
         assert sim_proc.stdout is not None
-        banner = await asyncio.to_thread(sim_proc.stdout.readline)
+        banner = (await sim_proc.stdout.readline()).decode()
         assert f"listening on {root}" in banner
         async with aiohttp.ClientSession(headers={"Authorization": "Bearer anything"}) as http:
-            async with http.post(f"{root}/_sim/resource-groups",
-                                 json={"subscription": SUB, "name": RG}) as resp:  # fmt: skip
+            async with http.post(
+                f"{root}/_sim/resource-groups", json={"subscription": SUB, "name": RG}
+            ) as resp:
                 assert resp.status in (200, 201), await resp.text()
-            for path, body in ((f"/virtualNetworkGateways/vpngw{q}", gw),
-                               (f"/localNetworkGateways/{LNG}{q}", lng)):  # fmt: skip
+            for path, body in (
+                (f"/virtualNetworkGateways/vpngw{q}", gw),
+                (f"/localNetworkGateways/{LNG}{q}", lng),
+            ):
                 async with http.put(base + path, json=body) as resp:
                     assert resp.status in (200, 201), await resp.text()
             async with http.post(f"{root}/_sim/operations/complete") as resp:
@@ -312,12 +360,28 @@ async def test_cli_against_a_hand_started_simulator(
                 f'connection = "conn-home"\n'
             )
             env = cli_env(redis_url, prefix)
-            args = [*tunnelwarden(), "--config", str(config), "playbook", "run",
-                    "update-local-gateway", "--site", "home", "--param", f"ip={NEW_IP}"]  # fmt: skip
+            args = [
+                *tunnelwarden(),
+                "--config",
+                str(config),
+                "playbook",
+                "run",
+                "update-local-gateway",
+                "--site",
+                "home",
+                "--param",
+                f"ip={NEW_IP}",
+            ]
 
             def run(*extra: str) -> subprocess.CompletedProcess[str]:
-                return subprocess.run([*args, *extra], env=env, capture_output=True, text=True,
-                                      timeout=60, check=False)  # fmt: skip
+                return subprocess.run(
+                    [*args, *extra],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    check=False,
+                )
 
             assert await total_writes() == 2  # our two set-up PUTs
             dry = await asyncio.to_thread(run, "--dry-run")
@@ -336,4 +400,4 @@ async def test_cli_against_a_hand_started_simulator(
             assert "no changes" in dry_again.stdout
     finally:
         sim_proc.terminate()
-        sim_proc.wait(10)
+        await sim_proc.wait()

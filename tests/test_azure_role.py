@@ -16,7 +16,9 @@ def test_role_grants_exactly_what_the_playbooks_need() -> None:
     assert needed, "no playbook declares Azure permissions"
     assert set(role["Actions"]) == needed
     assert role["DataActions"] == [] and role["NotActions"] == []
-    assert all(not a.endswith("*") for a in role["Actions"]), "no wildcards in a least-privilege role"
+    assert all(not a.endswith("*") for a in role["Actions"]), (
+        "no wildcards in a least-privilege role"
+    )
 
 
 def test_docs_list_every_action_of_every_playbook() -> None:

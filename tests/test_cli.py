@@ -124,9 +124,14 @@ def test_config_check_reports_toml_syntax_and_env_errors(
     good = tmp_path / "good.toml"
     good.write_text(GOOD)
     result = tw(
-        redis_url, prefix, "config", "check", "--config", str(good),
+        redis_url,
+        prefix,
+        "config",
+        "check",
+        "--config",
+        str(good),
         env={"TUNNELWARDEN_WORKER__CONCURRENCY": "0"},
-    )  # fmt: skip
+    )
     assert result.returncode == 1
     assert result.stdout.strip() == "worker.concurrency: Input should be greater than or equal to 1"
 
@@ -139,9 +144,12 @@ def test_secret_from_file_and_env(tmp_path: Path, redis_url: str, prefix: str) -
     path.write_text(f'[security]\njournal_key_file = "{keyfile}"\n')
     assert tw(redis_url, prefix, "config", "check", "--config", str(path)).returncode == 0
     result = tw(
-        redis_url, prefix, "config", "check",
+        redis_url,
+        prefix,
+        "config",
+        "check",
         env={"TUNNELWARDEN_SECURITY__JOURNAL_KEY": "not-a-key"},
-    )  # fmt: skip
+    )
     assert result.returncode == 1
     assert result.stdout.startswith("security.journal_key: must be a Fernet key")
     assert "not-a-key" not in result.stdout
@@ -154,8 +162,19 @@ def test_emit_run_history_status_and_dead_letters_json(redis_url: str, prefix: s
 
     # No worker is running: `playbook run` runs one locally until its own run is recorded,
     # which also drains the bad event queued above into the dead letters.
-    record = tw_json(redis_url, prefix, "playbook", "run", "sleep", "--site", "home",
-                     "--param", "seconds=0.05", "--param", "steps=2")  # fmt: skip
+    record = tw_json(
+        redis_url,
+        prefix,
+        "playbook",
+        "run",
+        "sleep",
+        "--site",
+        "home",
+        "--param",
+        "seconds=0.05",
+        "--param",
+        "steps=2",
+    )
     assert record["outcome"] == "ok"
     assert record["event_type"] == "playbook.requested"
     assert record["playbooks"][0]["playbook"] == "sleep"
@@ -186,8 +205,18 @@ def test_human_output_uses_tables(redis_url: str, prefix: str) -> None:
 
 
 def test_dry_run_shows_the_plan_and_writes_nothing(redis_url: str, prefix: str) -> None:
-    plan = tw_json(redis_url, prefix, "playbook", "run", "notify", "--site", "home",
-                   "--param", "message=hello", "--dry-run")  # fmt: skip
+    plan = tw_json(
+        redis_url,
+        prefix,
+        "playbook",
+        "run",
+        "notify",
+        "--site",
+        "home",
+        "--param",
+        "message=hello",
+        "--dry-run",
+    )
     assert plan == {
         "playbook": "notify",
         "site": "home",
@@ -206,8 +235,10 @@ def test_dry_run_shows_the_plan_and_writes_nothing(redis_url: str, prefix: str) 
         (["emit", "ip.changed", "--site", "Bad Site"], "site: String should match pattern"),
         (["emit", "ip.changed", "--site", "home", "--data", "[1]"], "must be a JSON object"),
         (["playbook", "run", "nope", "--site", "home", "--dry-run"], "unknown playbook 'nope'"),
-        (["playbook", "run", "sleep", "--site", "home", "--param", "x", "--dry-run"],
-         "expected k=v"),
+        (
+            ["playbook", "run", "sleep", "--site", "home", "--param", "x", "--dry-run"],
+            "expected k=v",
+        ),
     ],
 )
 def test_bad_input_is_a_clear_error(
@@ -220,9 +251,11 @@ def test_bad_input_is_a_clear_error(
 
 def test_playbook_list_json() -> None:
     result = subprocess.run(
-        [*tunnelwarden(), "playbook", "list", "--json"], capture_output=True, text=True,
+        [*tunnelwarden(), "playbook", "list", "--json"],
+        capture_output=True,
+        text=True,
         check=True,
-    )  # fmt: skip
+    )
     names = {p["name"]: p for p in json.loads(result.stdout)}
     assert {"notify", "noop", "sleep"} <= set(names)
     assert "seconds" in names["sleep"]["params"]

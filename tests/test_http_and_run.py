@@ -1,4 +1,4 @@
-"""`tunnelwarden run` on the embedded defaults: a private Redis, then /healthz, /readyz, /metrics."""
+"""`tunnelwarden run` on the embedded defaults: a private Redis; /healthz, /readyz, /metrics."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def free_port() -> int:
 
 def get(url: str) -> tuple[int, str]:
     try:
-        with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 (loopback only)
+        with urllib.request.urlopen(url, timeout=5) as resp:
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
@@ -68,13 +68,21 @@ def test_run_on_embedded_defaults_serves_health_ready_and_metrics(
         # A second command finds the running private Redis through the state dir.
         emit = subprocess.run(
             [*tunnelwarden(), "emit", "test.noop", "--site", "home"],
-            env=embedded_env, capture_output=True, text=True, timeout=30, cwd=tmp_path,
-        )  # fmt: skip
+            env=embedded_env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=tmp_path,
+        )
         assert emit.returncode == 0, emit.stderr
         emit_bad = subprocess.run(
             [*tunnelwarden(), "emit", "no.such", "--site", "home"],
-            env=embedded_env, capture_output=True, text=True, timeout=30, cwd=tmp_path,
-        )  # fmt: skip
+            env=embedded_env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=tmp_path,
+        )
         assert emit_bad.returncode == 0
         deadline = time.monotonic() + 10
         metrics = ""
@@ -101,8 +109,12 @@ def test_run_on_embedded_defaults_serves_health_ready_and_metrics(
     # Restarted, the history is still there.
     hist = subprocess.run(
         [*tunnelwarden(), "history", "--json"],
-        env=embedded_env, capture_output=True, text=True, timeout=30, cwd=tmp_path,
-    )  # fmt: skip
+        env=embedded_env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+    )
     assert hist.returncode == 0, hist.stderr
     assert '"event_type": "test.noop"' in hist.stdout
 

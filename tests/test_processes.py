@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from bot.events import Event
 from bot.services import Services
 from tests.conftest import cli_env, tunnelwarden
+from tests.helpers import eventually
 
 CONFIG = """
 [worker]
@@ -61,36 +60,29 @@ def write_config(tmp_path: Path, grace: float) -> Path:
     return path
 
 
-async def wait_for(check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await check()
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"condition not met within {timeout}s")
-
-
 async def step_done(services: Services, site: str, run_id: str, step: str) -> bool:
     journal = await services.state.journal(site, run_id)
     return any(e.step == step and e.phase == "done" for e in journal)
 
 
 async def test_sigkill_mid_run_is_resumed_by_another_worker(
-    services: Services, redis_url: str, prefix: str, tmp_path: Path,
+    services: Services,
+    redis_url: str,
+    prefix: str,
+    tmp_path: Path,
     procs: list[subprocess.Popen[bytes]],
-) -> None:  # fmt: skip
+) -> None:
     config = write_config(tmp_path, grace=5)
     event = Event.new("test.sleep", "home", source="test", data={"seconds": 0.7, "steps": 3})
     await services.queue.publish(event)
     first = start_worker(procs, config, redis_url, prefix, "first")
-    await wait_for(lambda: step_done(services, "home", event.id, "sleep-1"))
+    await eventually(lambda: step_done(services, "home", event.id, "sleep-1"))
     first.send_signal(signal.SIGKILL)
     first.wait(10)
     assert await services.state.recorded("home", event.id) is None, "killed before recording"
 
     start_worker(procs, config, redis_url, prefix, "second")
-    record = await wait_for(lambda: services.state.recorded("home", event.id))
+    record = await eventually(lambda: services.state.recorded("home", event.id))
 
     assert record.outcome == "ok"
     assert record.worker == "second"
@@ -101,8 +93,10 @@ async def test_sigkill_mid_run_is_resumed_by_another_worker(
     phases = [(e.worker, e.step, e.phase) for e in journal]
     assert ("second", ":run", "resumed") in phases
     # The step finished before the kill is not run again; the rest are run by the second.
-    assert [p for p in phases if p[1] == "sleep-1"] == [("first", "sleep-1", "start"),
-                                                        ("first", "sleep-1", "done")]  # fmt: skip
+    assert [p for p in phases if p[1] == "sleep-1"] == [
+        ("first", "sleep-1", "start"),
+        ("first", "sleep-1", "done"),
+    ]
     assert ("second", "sleep-3", "done") in phases
     assert phases[-1] == ("second", ":playbook", "done")
     stats = await services.queue.stats()
@@ -110,14 +104,17 @@ async def test_sigkill_mid_run_is_resumed_by_another_worker(
 
 
 async def test_sigterm_lets_the_current_run_finish_and_exits_zero(
-    services: Services, redis_url: str, prefix: str, tmp_path: Path,
+    services: Services,
+    redis_url: str,
+    prefix: str,
+    tmp_path: Path,
     procs: list[subprocess.Popen[bytes]],
-) -> None:  # fmt: skip
+) -> None:
     config = write_config(tmp_path, grace=10)
     event = Event.new("test.sleep", "home", source="test", data={"seconds": 0.5, "steps": 2})
     await services.queue.publish(event)
     worker = start_worker(procs, config, redis_url, prefix, "w")
-    await wait_for(lambda: step_done(services, "home", event.id, "sleep-1"))
+    await eventually(lambda: step_done(services, "home", event.id, "sleep-1"))
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(10) == 0
     record = await services.state.recorded("home", event.id)
@@ -125,14 +122,17 @@ async def test_sigterm_lets_the_current_run_finish_and_exits_zero(
 
 
 async def test_sigterm_hands_back_a_run_longer_than_the_grace_period(
-    services: Services, redis_url: str, prefix: str, tmp_path: Path,
+    services: Services,
+    redis_url: str,
+    prefix: str,
+    tmp_path: Path,
     procs: list[subprocess.Popen[bytes]],
-) -> None:  # fmt: skip
+) -> None:
     config = write_config(tmp_path, grace=0.5)
     event = Event.new("test.sleep", "home", source="test", data={"seconds": 2, "steps": 2})
     await services.queue.publish(event)
     worker = start_worker(procs, config, redis_url, prefix, "leaving")
-    await wait_for(lambda: step_done(services, "home", event.id, "sleep-1"))
+    await eventually(lambda: step_done(services, "home", event.id, "sleep-1"))
     began = time.monotonic()
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(10) == 0
@@ -143,7 +143,7 @@ async def test_sigterm_hands_back_a_run_longer_than_the_grace_period(
     assert any("handed back 1 unfinished run" in rec["msg"] for rec in logs)
 
     start_worker(procs, config, redis_url, prefix, "successor")
-    record = await wait_for(lambda: services.state.recorded("home", event.id))
+    record = await eventually(lambda: services.state.recorded("home", event.id))
     assert record.worker == "successor" and record.outcome == "ok"
     journal = await services.state.journal("home", event.id)
     assert [e.worker for e in journal if e.step == "sleep-1" and e.phase == "done"] == ["leaving"]

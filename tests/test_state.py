@@ -64,9 +64,15 @@ async def test_leader_lease_passes_on_when_the_leader_stops(services: Services) 
 async def test_a_run_is_recorded_once(services: Services) -> None:
     now = time.time()
     record = RunRecord(
-        run_id="r1", site="home", event_type="test.noop", event_source="test",
-        idempotency_key="k1", outcome="ok", started_at=now, finished_at=now,
-    )  # fmt: skip
+        run_id="r1",
+        site="home",
+        event_type="test.noop",
+        event_source="test",
+        idempotency_key="k1",
+        outcome="ok",
+        started_at=now,
+        finished_at=now,
+    )
     results = await asyncio.gather(*(services.state.record(record, "k1", True) for _ in range(5)))
     assert sum(r is not None for r in results) == 1
     assert len(await services.state.history("home")) == 1
@@ -78,9 +84,15 @@ async def test_history_merges_sites_newest_first(services: Services) -> None:
     for i, site in enumerate(["a", "b", "a", "c"]):
         now = time.time()
         rec = RunRecord(
-            run_id=f"r{i}", site=site, event_type="test.noop", event_source="test",
-            idempotency_key=f"k{i}", outcome="ok", started_at=now, finished_at=now,
-        )  # fmt: skip
+            run_id=f"r{i}",
+            site=site,
+            event_type="test.noop",
+            event_source="test",
+            idempotency_key=f"k{i}",
+            outcome="ok",
+            started_at=now,
+            finished_at=now,
+        )
         await services.state.record(rec, None, False)
     assert [r.run_id for r in await services.state.history(limit=3)] == ["r3", "r2", "r1"]
     assert [r.run_id for r in await services.state.history("a")] == ["r2", "r0"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Callable
+import itertools
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from bot.models import RunRecord
 from bot.services import Services
 from bot.worker import Worker
 from tests.conftest import make_settings
+from tests.helpers import eventually
 
 
 @contextlib.asynccontextmanager
@@ -29,16 +30,6 @@ async def running(*workers: Worker) -> AsyncIterator[asyncio.Event]:
     finally:
         stop.set()
         await asyncio.gather(*tasks)
-
-
-async def wait_for(check: Callable[[], Any], timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await check()
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 async def second_services(services: Services, redis_url: str) -> Services:
@@ -55,8 +46,8 @@ async def test_two_workers_share_the_work(services: Services, redis_url: str) ->
             Event.new("test.sleep", site, source="test", data={"seconds": 0.2})
         )
     async with running(w1, w2):
-        records: list[RunRecord] = await wait_for(
-            lambda: _history_if(services, len(sites)), timeout=20
+        records: list[RunRecord] = await eventually(
+            lambda: _history_if(services, len(sites)), within=20
         )
     workers = {r.worker for r in records}
     assert workers == {"w1", "w2"}, f"work was not shared: {workers}"
@@ -78,7 +69,7 @@ async def test_poison_event_lands_in_dead_letters_after_n_deliveries(
     event = Event.new("test.fail", "home", source="test", data={"message": "boom 42"})
     await services.queue.publish(event)
     async with running(worker):
-        dead = await wait_for(lambda: services.queue.dead_letters(), timeout=20)
+        dead = await eventually(lambda: services.queue.dead_letters(), within=20)
     assert len(dead) == 1
     letter = dead[0]
     max_deliveries = services.settings.worker.max_deliveries
@@ -105,7 +96,7 @@ async def test_malformed_entries_are_dead_lettered_with_the_reason(
 ) -> None:
     entry_id = await services.queue.publish_fields(fields)
     async with running(build_worker(services, "w1")):
-        dead = await wait_for(lambda: services.queue.dead_letters(), timeout=10)
+        dead = await eventually(lambda: services.queue.dead_letters(), within=10)
     assert dead[0].entry_id == entry_id
     assert reason in dead[0].reason
     assert dead[0].raw == fields
@@ -117,11 +108,12 @@ async def test_unknown_type_and_bad_data_are_dead_lettered(services: Services) -
         Event.new("test.sleep", "home", source="test", data={"seconds": -1})
     )
     async with running(build_worker(services, "w1")):
-        dead = await wait_for(
-            lambda: _at_least(services.queue.dead_letters(), 2), timeout=10
-        )
+        dead = await eventually(lambda: _at_least(services.queue.dead_letters(), 2), within=10)
     reasons = sorted(d.reason for d in dead)
-    assert reasons[0] == "test.sleep: invalid event: seconds: Input should be greater than or equal to 0"
+    assert (
+        reasons[0]
+        == "test.sleep: invalid event: seconds: Input should be greater than or equal to 0"
+    )
     assert reasons[1] == "unknown event type 'made.up'"
 
 
@@ -134,11 +126,16 @@ async def test_duplicate_events_run_once(services: Services, redis_url: str) -> 
     other = await second_services(services, redis_url)
     for _ in range(4):  # same observation published four times, by different sources
         await services.queue.publish(
-            Event.new("test.sleep", "home", source="test", data={"seconds": 0.1},
-                      idempotency_key="ip.changed:home:203.0.113.7")
-        )  # fmt: skip
+            Event.new(
+                "test.sleep",
+                "home",
+                source="test",
+                data={"seconds": 0.1},
+                idempotency_key="ip.changed:home:203.0.113.7",
+            )
+        )
     async with running(build_worker(services, "w1"), build_worker(other, "w2")):
-        await wait_for(lambda: _drained(services), timeout=15)
+        await eventually(lambda: _drained(services), within=15)
     records = await services.state.history("home", limit=10)
     assert len(records) == 1
     assert records[0].outcome == "ok"
@@ -157,15 +154,20 @@ async def test_lock_serialises_a_site_while_sites_run_in_parallel(
     other = await second_services(services, redis_url)
     for n, site in enumerate(("alpha", "alpha", "alpha", "beta")):
         await services.queue.publish(
-            Event.new("test.sleep", site, source="test", data={"seconds": 0.4},
-                      idempotency_key=f"request-{n}")
-        )  # fmt: skip
+            Event.new(
+                "test.sleep",
+                site,
+                source="test",
+                data={"seconds": 0.4},
+                idempotency_key=f"request-{n}",
+            )
+        )
     async with running(build_worker(services, "w1"), build_worker(other, "w2")):
-        await wait_for(lambda: _history_if(services, 4), timeout=20)
+        await eventually(lambda: _history_if(services, 4), within=20)
     alpha = sorted(await services.state.history("alpha", 10), key=lambda r: r.started_at)
     beta = (await services.state.history("beta", 10))[0]
     assert len(alpha) == 3
-    for earlier, later in zip(alpha, alpha[1:], strict=False):
+    for earlier, later in itertools.pairwise(alpha):
         assert later.started_at >= earlier.finished_at, "two runs held site alpha at once"
     assert any(
         r.started_at < beta.finished_at and beta.started_at < r.finished_at for r in alpha
@@ -173,14 +175,15 @@ async def test_lock_serialises_a_site_while_sites_run_in_parallel(
     await other.redis.aclose()
 
 
-async def test_paused_site_is_skipped_and_recorded(prefix: str, tmp_path: Path,
-                                                   redis_url: str) -> None:  # fmt: skip
+async def test_paused_site_is_skipped_and_recorded(
+    prefix: str, tmp_path: Path, redis_url: str
+) -> None:
     settings = make_settings(prefix, tmp_path, sites={"home": {"policy": {"paused": True}}})
     client = Redis.from_url(redis_url)
     services = Services.build(settings, client)
     await services.queue.publish(Event.new("test.noop", "home", source="test"))
     async with running(build_worker(services, "w1")):
-        records = await wait_for(lambda: _history_if(services, 1))
+        records = await eventually(lambda: _history_if(services, 1))
     assert records[0].outcome == "skipped"
     assert records[0].reason == "site home is paused"
     assert records[0].playbooks == []
@@ -189,11 +192,15 @@ async def test_paused_site_is_skipped_and_recorded(prefix: str, tmp_path: Path,
 
 async def test_playbook_failure_is_recorded_not_dead_lettered(services: Services) -> None:
     await services.queue.publish(
-        Event.new("playbook.requested", "home", source="test",
-                  data={"playbook": "sleep", "params": {"seconds": "soon"}})
-    )  # fmt: skip
+        Event.new(
+            "playbook.requested",
+            "home",
+            source="test",
+            data={"playbook": "sleep", "params": {"seconds": "soon"}},
+        )
+    )
     async with running(build_worker(services, "w1")):
-        records = await wait_for(lambda: _history_if(services, 1))
+        records = await eventually(lambda: _history_if(services, 1))
     result = records[0].playbooks[0]
     assert records[0].outcome == "failed"
     assert result.error_code == "BadParams"
@@ -211,7 +218,7 @@ async def test_playbook_timeout_is_reported(prefix: str, tmp_path: Path, redis_u
         Event.new("test.sleep", "home", source="test", data={"seconds": 5})
     )
     async with running(build_worker(services, "w1")):
-        records = await wait_for(lambda: _history_if(services, 1))
+        records = await eventually(lambda: _history_if(services, 1))
     assert records[0].outcome == "timeout"
     assert records[0].playbooks[0].error == "did not finish within 0.3s"
     await client.aclose()

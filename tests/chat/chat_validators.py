@@ -163,9 +163,21 @@ _AC_WEIGHT = {"Default", "Lighter", "Bolder"}
 _AC_COLOR = {"Default", "Dark", "Light", "Accent", "Good", "Warning", "Attention"}
 _AC_SPACING = {"None", "Small", "Default", "Medium", "Large", "ExtraLarge", "Padding"}
 _AC_TEXTBLOCK = {
-    "type", "text", "wrap", "size", "weight", "color", "isSubtle", "spacing",
-    "maxLines", "horizontalAlignment", "fontType", "separator", "id", "style",
-}  # fmt: skip
+    "type",
+    "text",
+    "wrap",
+    "size",
+    "weight",
+    "color",
+    "isSubtle",
+    "spacing",
+    "maxLines",
+    "horizontalAlignment",
+    "fontType",
+    "separator",
+    "id",
+    "style",
+}
 TEAMS_MAX_BYTES = 28 * 1024
 
 
@@ -268,9 +280,16 @@ def _embed_chars(embed: dict[str, Any]) -> int:
 def validate_discord(payload: Any) -> Problems:
     p: Problems = []
     allowed = {
-        "content", "username", "avatar_url", "tts", "embeds", "allowed_mentions",
-        "components", "flags", "thread_name",
-    }  # fmt: skip
+        "content",
+        "username",
+        "avatar_url",
+        "tts",
+        "embeds",
+        "allowed_mentions",
+        "components",
+        "flags",
+        "thread_name",
+    }
     if not _keys(p, "$", payload, allowed, set()):
         return p
     if "content" not in payload and "embeds" not in payload:
@@ -290,9 +309,17 @@ def validate_discord(payload: Any) -> Problems:
     for i, e in enumerate(embeds):
         w = f"$.embeds[{i}]"
         allowed_e = {
-            "title", "description", "url", "timestamp", "color", "footer", "image",
-            "thumbnail", "author", "fields",
-        }  # fmt: skip
+            "title",
+            "description",
+            "url",
+            "timestamp",
+            "color",
+            "footer",
+            "image",
+            "thumbnail",
+            "author",
+            "fields",
+        }
         if not _keys(p, w, e, allowed_e, set()):
             continue
         for forbidden in ("type", "provider", "video"):
@@ -332,9 +359,17 @@ def validate_discord(payload: Any) -> Problems:
 # ---------------------------------------------------------------- generic webhook
 
 _WEBHOOK_KEYS = {
-    "version", "severity", "title", "site", "summary", "facts", "run_url",
-    "next_step", "event_id", "occurred_at",
-}  # fmt: skip
+    "version",
+    "severity",
+    "title",
+    "site",
+    "summary",
+    "facts",
+    "run_url",
+    "next_step",
+    "event_id",
+    "occurred_at",
+}
 
 
 def validate_webhook(payload: Any) -> Problems:
