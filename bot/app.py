@@ -28,6 +28,7 @@ async def open_services(
             yield services
         finally:
             await services.azure.close()
+            await services.notifications.close()
 
 
 def build_worker(services: Services, name: str | None = None) -> Worker:
@@ -55,12 +56,14 @@ async def run_process(
     worker: bool,
     http: bool,
     stop: asyncio.Event | None = None,
+    handle_signals: bool = True,
 ) -> int:
     """Run until SIGTERM/SIGINT; exit 0 after a clean shutdown within the grace period."""
     from bot.http import create_app, start_http
 
     stop = stop or asyncio.Event()
-    stop_on_signals(stop)
+    if handle_signals:
+        stop_on_signals(stop)
     async with open_services(settings, redis_url) as services:
         target = redis_url or settings.redis.url or "embedded"
         log.info("redis: %s", redact_url(target))

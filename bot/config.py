@@ -3,8 +3,9 @@
 Precedence (highest first): ``TUNNELWARDEN_*`` variables (nested keys joined with ``__``, e.g.
 ``TUNNELWARDEN_WORKER__CONCURRENCY=8``), then the TOML file, then the defaults below.
 
-Secrets are ``SecretStr`` fields. They may come from the environment or from a companion
-``<name>_file`` key naming a file that holds the value; a secret written literally in the TOML
+Secrets are ``SecretStr`` fields. They may come from the environment (the field's own
+``TUNNELWARDEN_*`` variable), from a companion ``<name>_file`` key naming a file that holds the
+value, or from ``<name>_env`` naming another variable; a secret written literally in the TOML
 file is a configuration error, so a config file can be committed or shared without leaking.
 """
 
@@ -29,6 +30,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from bot.chat.models import ChannelConfig
+
 ENV_PREFIX = "TUNNELWARDEN_"
 SITE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
@@ -44,6 +47,31 @@ def _site_name(name: str) -> str:
 SiteName = Annotated[str, AfterValidator(_site_name)]
 
 
+def read_secret_refs(model: type[BaseModel], data: Any) -> Any:
+    """Fill each secret field ``x`` from ``x_file`` (a file) or ``x_env`` (a variable name).
+
+    The ``_file``/``_env`` keys are consumed here, so models need not declare them.
+    """
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    for name in _secret_fields(model):
+        path = data.pop(f"{name}_file", None)
+        var = data.pop(f"{name}_env", None)
+        if data.get(name) not in (None, ""):
+            continue
+        if path:
+            try:
+                data[name] = Path(str(path)).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ValueError(f"{name}_file: cannot read {path}: {exc.strerror}") from None
+        elif var:
+            if str(var) not in os.environ:
+                raise ValueError(f"{name}_env: environment variable {var} is not set")
+            data[name] = os.environ[str(var)]
+    return data
+
+
 class Section(BaseModel):
     """Base for every config table: unknown keys are errors, so typos are caught."""
 
@@ -51,20 +79,8 @@ class Section(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _read_secret_files(cls, data: Any) -> Any:
-        """Fill ``x`` from ``x_file`` for every secret field ``x``."""
-        if not isinstance(data, dict):
-            return data
-        data = dict(data)
-        for name in _secret_fields(cls):
-            file_key = f"{name}_file"
-            path = data.get(file_key)
-            if path and data.get(name) in (None, ""):
-                try:
-                    data[name] = Path(str(path)).read_text(encoding="utf-8").strip()
-                except OSError as exc:
-                    raise ValueError(f"{file_key}: cannot read {path}: {exc.strerror}") from None
-        return data
+    def _read_secret_refs(cls, data: Any) -> Any:
+        return read_secret_refs(cls, data)
 
 
 def _secret_fields(model: type[BaseModel]) -> list[str]:
@@ -82,7 +98,6 @@ class RedisConfig(Section):
     )
     username: str | None = None
     password: SecretStr | None = None
-    password_file: Path | None = None
     prefix: str = Field("tw", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
     stream_maxlen: int = Field(100_000, ge=1000)
     history_maxlen: int = Field(1000, ge=10)
@@ -123,6 +138,8 @@ class Policy(Section):
     retry_max_delay: float = Field(60.0, gt=0)
     max_changes_per_hour: int = Field(6, ge=0)
     allow_destructive: bool = False
+    tunnel_timeout: float = Field(120.0, ge=0, description="wait this long for Connected")
+    tunnel_poll: float = Field(5.0, gt=0)
 
 
 class PolicyOverride(Section):
@@ -134,10 +151,38 @@ class PolicyOverride(Section):
     retry_max_delay: float | None = Field(None, gt=0)
     max_changes_per_hour: int | None = Field(None, ge=0)
     allow_destructive: bool | None = None
+    tunnel_timeout: float | None = Field(None, ge=0)
+    tunnel_poll: float | None = Field(None, gt=0)
+
+
+FQDN = re.compile(
+    r"^(?=.{1,253}\.?$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{1,63}\.?$", re.I
+)
+
+
+class PushConfig(Section):
+    """dyndns2 credentials a site's router uses to push its new address to us."""
+
+    hostname: str | list[str]
+    username: str = Field(min_length=1, max_length=128)
+    password: SecretStr
+
+    @field_validator("hostname")
+    @classmethod
+    def _fqdn(cls, value: str | list[str]) -> str | list[str]:
+        for host in [value] if isinstance(value, str) else value:
+            if not FQDN.match(host):
+                raise ValueError(f"{host!r} is not a fully-qualified domain name")
+        return value
+
+    @property
+    def hostnames(self) -> list[str]:
+        return [self.hostname] if isinstance(self.hostname, str) else list(self.hostname)
 
 
 class SiteConfig(Section):
     description: str = ""
+    push: PushConfig | None = None
     policy: PolicyOverride = PolicyOverride()
     resource_group: str | None = None
     local_network_gateway: str | None = None
@@ -155,8 +200,7 @@ class SourceConfig(Section):
 
 
 class ChatConfig(Section):
-    model_config = ConfigDict(extra="allow")
-    enabled: bool = True
+    enabled: bool = Field(True, description="false mutes every [[notify]] channel")
 
 
 CLOUDS = {
@@ -187,11 +231,18 @@ class AzureConfig(Section):
         return CLOUDS[self.cloud][0]
 
 
+class DetectConfig(Section):
+    allow_documentation: bool | None = Field(
+        None,
+        description="treat 192.0.2/24, 198.51.100/24, 203.0.113/24 as public addresses "
+        "(simulator and demos); default: only when azure.cloud = 'sim'",
+    )
+
+
 class SecurityConfig(Section):
     journal_key: SecretStr | None = Field(
         None, description="Fernet key that encrypts secrets kept in run journals"
     )
-    journal_key_file: Path | None = None
 
     @field_validator("journal_key")
     @classmethod
@@ -210,6 +261,7 @@ class SecurityConfig(Section):
 
 
 class HttpConfig(Section):
+    public_url: str | None = Field(None, description="base URL for run links in messages")
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(64 * 1024, ge=1024)
@@ -218,6 +270,15 @@ class HttpConfig(Section):
 class LogConfig(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["auto", "json", "text"] = "auto"
+
+
+class NotifyChannel(ChannelConfig):
+    """A chat channel (``[[notify]]``); its webhook URL is a secret: ``url_file``/``url_env``."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_secret_refs(cls, data: Any) -> Any:
+        return read_secret_refs(cls, data)
 
 
 class Settings(BaseSettings):
@@ -234,7 +295,9 @@ class Settings(BaseSettings):
     sites: dict[SiteName, SiteConfig] = {}
     sources: list[SourceConfig] = []
     chat: ChatConfig = ChatConfig()
+    notify: list[NotifyChannel] = []
     security: SecurityConfig = SecurityConfig()
+    detect: DetectConfig = DetectConfig()
     azure: AzureConfig = AzureConfig()
     http: HttpConfig = HttpConfig()
     log: LogConfig = LogConfig()
@@ -250,6 +313,11 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The TOML file arrives as init kwargs; the environment must win over it.
         return (env_settings, init_settings)
+
+    @property
+    def allow_documentation_ips(self) -> bool:
+        flag = self.detect.allow_documentation
+        return self.azure.cloud == "sim" if flag is None else flag
 
     def policy_for(self, site: str) -> Policy:
         """The effective policy of a site: defaults with the site's overrides applied."""
@@ -354,11 +422,10 @@ def _literal_secrets(model: type[BaseModel], raw: Any, loc: tuple[str, ...]) -> 
     for key, value in raw.items():
         here = (*loc, str(key))
         if key in secrets and value not in (None, ""):
-            env = ENV_PREFIX + "__".join(here).upper()
-            yield (
-                f"{'.'.join(here)}: secrets must not be written in the config file; "
-                f"set {env} or {key}_file"
-            )
+            hint = f"use {key}_file or {key}_env"
+            if not any(part.isdigit() for part in here):  # list items have no variable
+                hint = f"set {ENV_PREFIX + '__'.join(here).upper()}, or {hint}"
+            yield f"{'.'.join(here)}: secrets must not be written in the config file; {hint}"
             continue
         field = model.model_fields.get(key)
         if field is None:
@@ -381,7 +448,25 @@ def _nested_secrets(annotation: Any, value: Any, loc: tuple[str, ...]) -> Iterat
 def _cross_checks(settings: Settings) -> list[str]:
     problems = []
     for i, source in enumerate(settings.sources):
-        for site in source.sites:
-            if site not in settings.sites:
-                problems.append(f"sources.{i}.sites: unknown site {site!r}")
+        for site_name in source.sites:
+            if site_name not in settings.sites:
+                problems.append(f"sources.{i}.sites: unknown site {site_name!r}")
+    users: dict[str, str] = {}
+    hosts: dict[str, str] = {}
+    for name, site in settings.sites.items():
+        push = site.push
+        if push is None:
+            continue
+        if push.username in users:
+            problems.append(
+                f"sites.{name}.push.username: already used by site {users[push.username]}"
+            )
+        users.setdefault(push.username, name)
+        for host in push.hostnames:
+            key = host.lower().rstrip(".")
+            if key in hosts:
+                problems.append(
+                    f"sites.{name}.push.hostname: {host} already belongs to site {hosts[key]}"
+                )
+            hosts.setdefault(key, name)
     return problems

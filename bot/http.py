@@ -1,4 +1,4 @@
-"""The HTTP face: liveness, readiness and Prometheus metrics (sources add their own routes)."""
+"""The HTTP face: liveness, readiness, Prometheus metrics, run records, and router push."""
 
 from __future__ import annotations
 
@@ -25,13 +25,36 @@ WORKER = web.AppKey("worker", WorkerSlot)
 
 
 def create_app(services: Services, worker: Worker | None) -> web.Application:
-    app = web.Application(client_max_size=services.settings.http.max_body_bytes)
+    from bot.sources.push import add_push_routes
+    from bot.sources.report import IpReporter
+
+    settings = services.settings
+    app = web.Application(client_max_size=settings.http.max_body_bytes)
     app[SERVICES] = services
     app[WORKER] = WorkerSlot(worker)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/runs/{site}/{run_id}", run_record)
+    reporter = IpReporter(services, allow_documentation=settings.allow_documentation_ips)
+    add_push_routes(app, settings, reporter)
     return app
+
+
+async def run_record(request: web.Request) -> web.Response:
+    """A run as recorded, with its journal: where chat messages link to."""
+    services = request.app[SERVICES]
+    site, run_id = request.match_info["site"], request.match_info["run_id"]
+    record = await services.state.recorded(site, run_id)
+    journal = await services.state.journal(site, run_id)
+    if record is None and not journal:
+        return web.json_response({"error": f"no run {run_id} for site {site}"}, status=404)
+    return web.json_response(
+        {
+            "record": record.model_dump(mode="json") if record else None,
+            "journal": [e.__dict__ for e in journal],
+        }
+    )
 
 
 async def healthz(request: web.Request) -> web.Response:

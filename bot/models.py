@@ -10,9 +10,12 @@ Outcome = Literal["ok", "no_changes", "planned", "failed", "timeout", "skipped"]
 
 
 class PlaybookCall(BaseModel):
+    """A playbook to run; if it fails, ``on_failure`` runs, and the run goes on if that works."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
     name: str
     params: dict[str, JsonValue] = {}
+    on_failure: list[PlaybookCall] = []
 
 
 class Decision(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Mapping
@@ -92,16 +93,28 @@ class Runner:
                 await state.journal_append(site, event.id, entry)
                 journal.append(entry)
                 log.info("resuming run %s (attempt %d)", event.id, attempt, extra={"site": site})
-            results = await self._run_chain(event, decision, journal, lock)
-            return await self._record(event, decision, results, attempt, started)
+            results, ok = await self._run_chain(
+                event, decision.playbooks, journal, lock, itertools.count()
+            )
+            return await self._record(event, decision, results, ok, attempt, started)
         finally:
             await lock.release()
 
     async def _run_chain(
-        self, event: Event, decision: Decision, journal: list[JournalEntry], lock: SiteLock
-    ) -> list[PlaybookResult]:
+        self,
+        event: Event,
+        calls: list[PlaybookCall],
+        journal: list[JournalEntry],
+        lock: SiteLock,
+        order: itertools.count[int],
+    ) -> tuple[list[PlaybookResult], bool]:
+        """Run ``calls`` in order; a failed call runs its ``on_failure`` chain, and carries on
+        if that chain recovers. Playbooks are numbered in the order they run, which is the same
+        on a resumed run (finished ones replay their journaled result), so the journal lines up.
+        """
         results: list[PlaybookResult] = []
-        for index, call in enumerate(decision.playbooks):
+        for call in calls:
+            index = next(order)
             finished = [
                 e
                 for e in journal
@@ -114,8 +127,15 @@ class Runner:
                 result = await _unless_lost(self._run_one(ctx, call), lock)
             results.append(result)
             if result.outcome in ("failed", "timeout"):
-                break
-        return results
+                if call.on_failure:
+                    more, recovered = await self._run_chain(
+                        event, call.on_failure, journal, lock, order
+                    )
+                    results.extend(more)
+                    if recovered:
+                        continue
+                return results, False
+        return results, True
 
     async def _run_one(self, ctx: RunContext, call: PlaybookCall) -> PlaybookResult:
         started = time.monotonic()
@@ -174,10 +194,11 @@ class Runner:
         event: Event,
         decision: Decision,
         results: list[PlaybookResult],
+        ok: bool,
         attempt: int,
         started: float,
     ) -> RunRecord:
-        outcome = aggregate(results)
+        outcome = aggregate(results, ok)
         finished = time.time()
         record = RunRecord(
             run_id=event.id,
@@ -218,12 +239,12 @@ class Runner:
         return record
 
 
-def aggregate(results: list[PlaybookResult]) -> Outcome:
+def aggregate(results: list[PlaybookResult], ok: bool) -> Outcome:
+    """The run's outcome: the last failure if the chain did not recover, else ok/no_changes."""
     if not results:
         return "skipped"
-    for bad in ("timeout", "failed"):
-        if any(r.outcome == bad for r in results):
-            return bad
+    if not ok:
+        return results[-1].outcome
     if all(r.outcome == "no_changes" for r in results):
         return "no_changes"
     return "ok"

@@ -12,6 +12,7 @@ from bot.azure import AzureClients
 from bot.config import Settings
 from bot.keys import Keys
 from bot.metrics import Metrics
+from bot.notify import Notifications
 from bot.queue import EventQueue
 from bot.state import StateStore
 
@@ -25,6 +26,7 @@ class Services:
     queue: EventQueue
     metrics: Metrics
     azure: AzureClients
+    notifications: Notifications
     journal_cipher: Fernet | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -50,5 +52,6 @@ class Services:
             ),
             metrics=metrics or Metrics(),
             azure=AzureClients(settings.azure),
+            notifications=Notifications(settings),
             journal_cipher=Fernet(key.get_secret_value()) if key is not None else None,
         )

@@ -183,6 +183,12 @@ class StateStore:
         raw = await self.redis.hget(self.keys.run(site, run_id), "record")
         return None if raw is None else RunRecord.model_validate_json(raw)
 
+    async def notified(self, site: str, run_id: str) -> bool:
+        return bool(await self.redis.hexists(self.keys.run(site, run_id), "notified"))
+
+    async def mark_notified(self, site: str, run_id: str) -> None:
+        await self.redis.hset(self.keys.run(site, run_id), "notified", "1")
+
     async def live_workers(self, within: float = 30.0) -> list[tuple[str, float]]:
         reply = await self.redis.zrangebyscore(
             self.keys.workers, time.time() - within, "+inf", withscores=True

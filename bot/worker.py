@@ -15,10 +15,12 @@ import os
 import socket
 import time
 from collections.abc import Mapping
+from typing import Any
 
 from pydantic import ValidationError
 
 from bot.events import Event, EventError, describe
+from bot.models import RunRecord
 from bot.queue import Delivery
 from bot.redact import Redactor
 from bot.runner import Runner
@@ -198,9 +200,11 @@ class Worker:
             await self._dead_letter(delivery, f"{event.type}: {describe(exc)}")
             return
         extra = {"event": event.id, "type": event.type, "site": event.site}
-        if await state.is_done(event.site, event.idempotency_key) is not None:
+        handled_by = await state.is_done(event.site, event.idempotency_key)
+        if handled_by is not None:
             metrics.duplicates.inc()
             log.info("duplicate of handled key %s", event.idempotency_key, extra=extra)
+            await self._follow_up_once(handler, event, data, handled_by)
             await queue.ack(delivery.entry_id)
             return
         settings = self.services.settings
@@ -213,20 +217,42 @@ class Worker:
         )
         decision = await handler.decide(event, data, view)
         if not decision.playbooks:
-            await self.runner.record_skip(event, decision)
+            record: RunRecord | None = await self.runner.record_skip(event, decision)
             log.info("skipped: %s", decision.reason, extra=extra)
         else:
             names = [c.name for c in decision.playbooks]
             log.info("decided %s: %s", names, decision.reason or event.type, extra=extra)
             record = await self.runner.execute(event, decision)
-            if record is None:
-                metrics.duplicates.inc()
-            else:
-                log.info(
-                    "run %s: %s in %.2fs",
-                    record.run_id,
-                    record.outcome,
-                    record.duration_s,
-                    extra=extra,
-                )
+        if record is None:
+            metrics.duplicates.inc()
+        else:
+            log.info(
+                "run %s: %s in %.2fs", record.run_id, record.outcome, record.duration_s, extra=extra
+            )
+            await self._follow_up(handler, event, data, record)
         await queue.ack(delivery.entry_id)
+
+    async def _follow_up(
+        self, handler: Handler, event: Event, data: Any, record: RunRecord
+    ) -> None:
+        """After a run is recorded: remember what it established, tell people (once)."""
+        state = self.services.state
+        if handler.remember is not None:
+            updates = handler.remember(event, data, record)
+            if updates:
+                await state.set_site_state(event.site, updates)
+        if await state.notified(event.site, record.run_id):
+            return
+        notifications = self.services.notifications
+        if handler.describe is not None and notifications.enabled:
+            url = notifications.run_url(event.site, record.run_id)
+            message = handler.describe(event, data, record, url)
+            if message is not None:
+                await notifications.send(message)
+        await state.mark_notified(event.site, record.run_id)
+
+    async def _follow_up_once(self, handler: Handler, event: Event, data: Any, run_id: str) -> None:
+        """A redelivered event whose run was recorded: finish what its worker may not have."""
+        record = await self.services.state.recorded(event.site, run_id)
+        if record is not None and record.run_id == event.id:
+            await self._follow_up(handler, event, data, record)

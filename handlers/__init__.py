@@ -6,7 +6,7 @@ from handlers.base import Handler
 
 
 def builtin() -> dict[str, Handler]:
-    from handlers import playbook, testing
+    from handlers import ip, playbook, testing
 
-    found = [playbook.HANDLER, *testing.HANDLERS]
+    found = [*ip.HANDLERS, playbook.HANDLER, *testing.HANDLERS]
     return {h.event_type: h for h in found}

@@ -13,9 +13,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from bot.chat.models import Notification
 from bot.config import Policy, SiteConfig
 from bot.events import Event
-from bot.models import Decision
+from bot.models import Decision, RunRecord
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,10 @@ class SiteView:
 
 
 Decide = Callable[[Event, Any, SiteView], Awaitable[Decision]]
+# What to remember in the site's state after a run (e.g. the address now applied).
+Remember = Callable[[Event, Any, RunRecord], dict[str, str]]
+# How to tell people about a run; None means "not worth a message".
+Describe = Callable[[Event, Any, RunRecord, str | None], Notification | None]
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,8 @@ class Handler:
     data_model: type[BaseModel]
     decide: Decide
     summary: str = ""
+    remember: Remember | None = None
+    describe: Describe | None = None
 
 
 def gate(view: SiteView, *, changes: bool) -> Decision | None:

@@ -84,6 +84,10 @@ lock_ttl = -1
 
 [security]
 journal_key_file = "/nonexistent/key"
+
+[[notify]]
+kind = "slack"
+url = "https://chat.example.invalid/hook/T0/B0/secret-token"
 """
 
 
@@ -97,7 +101,8 @@ def test_config_check_names_each_key_and_problem(
     lines = result.stdout.strip().splitlines()
     expected = [
         "redis.password: secrets must not be written in the config file; "
-        "set TUNNELWARDEN_REDIS__PASSWORD or password_file",
+        "set TUNNELWARDEN_REDIS__PASSWORD, or use password_file or password_env",
+        "notify.0.url: secrets must not be written in the config file; use url_file or url_env",
         "redis.url: unsupported scheme; use one of redis://, rediss://, unix://, "
         "redis+sentinel://, rediss+sentinel://",
         "worker.concurrency: Input should be a valid integer, unable to parse string as an integer",
@@ -110,6 +115,7 @@ def test_config_check_names_each_key_and_problem(
     assert any(line.startswith("sites.office.policy.lock_ttl: ") for line in lines)
     assert any("security: journal_key_file: cannot read /nonexistent/key" in ln for ln in lines)
     assert "hunter2hunter2" not in result.stdout + result.stderr
+    assert "secret-token" not in result.stdout + result.stderr
 
 
 def test_config_check_reports_toml_syntax_and_env_errors(

@@ -4,30 +4,39 @@ Typical use::
 
     notifier = Notifier(session, [ChannelConfig(kind="slack", url=...)], secrets=[...])
     results = await notifier.send(Notification(severity="warning", title=..., site=...))
+
+Names are resolved lazily, so importing ``bot.chat.models`` (as the config does) does not
+pull in aiohttp. ``redact`` is also a submodule's name: import it from ``bot.chat.redact``.
 """
 
-from bot.chat.delivery import DeliveryResult, RetryPolicy
-from bot.chat.formatters import format_payload
-from bot.chat.models import ChannelConfig, ChannelKind, Fact, Notification, Severity
-from bot.chat.notifier import Notifier, scrub_notification
-from bot.chat.redact import Scrubber, redact, redact_payload
-from bot.chat.signing import SIGNATURE_HEADER, sign, verify
+from __future__ import annotations
 
-__all__ = [
-    "SIGNATURE_HEADER",
-    "ChannelConfig",
-    "ChannelKind",
-    "DeliveryResult",
-    "Fact",
-    "Notification",
-    "Notifier",
-    "RetryPolicy",
-    "Scrubber",
-    "Severity",
-    "format_payload",
-    "redact",
-    "redact_payload",
-    "scrub_notification",
-    "sign",
-    "verify",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "DeliveryResult": "bot.chat.delivery",
+    "RetryPolicy": "bot.chat.delivery",
+    "format_payload": "bot.chat.formatters",
+    "ChannelConfig": "bot.chat.models",
+    "ChannelKind": "bot.chat.models",
+    "Fact": "bot.chat.models",
+    "Notification": "bot.chat.models",
+    "Severity": "bot.chat.models",
+    "Notifier": "bot.chat.notifier",
+    "scrub_notification": "bot.chat.notifier",
+    "Scrubber": "bot.chat.redact",
+    "redact_payload": "bot.chat.redact",
+    "SIGNATURE_HEADER": "bot.chat.signing",
+    "sign": "bot.chat.signing",
+    "verify": "bot.chat.signing",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bot.chat' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

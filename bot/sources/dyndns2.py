@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 
 UpdateResult = Literal["good", "nochg"]
 OnUpdate = Callable[[str, str, Family], Awaitable[UpdateResult]]
-OnReject = Callable[[str | None, str, str], Awaitable[None]]
+OnReject = Callable[[str | None, str, str, str | None], Awaitable[None]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 MAX_HOSTS = 20
@@ -175,6 +175,7 @@ class _Addresses:
     by_family: dict[Family, str]
     error: str | None = None  # dyndns2 code answered for every host
     detail: str = ""
+    refused_ip: str | None = None  # the parseable but unusable address, if that was the problem
 
 
 def _text(
@@ -235,7 +236,7 @@ def _addresses(request: web.Request, allow_documentation: bool) -> _Addresses:
         if check.reason is IpReason.MALFORMED:
             return _Addresses({}, "badagent", check.message)
         if not check.ok or check.family is None or check.normalized is None:
-            return _Addresses({}, "dnserr", check.message)
+            return _Addresses({}, "dnserr", check.message, refused_ip=value)
         if found.get(check.family, check.normalized) != check.normalized:
             return _Addresses({}, "badagent", f"two different IP{check.family} addresses given")
         found[check.family] = check.normalized
@@ -254,18 +255,19 @@ def make_dyndns2_handler(
     `on_update(site, ip, family)` is awaited once per distinct (site, address) in a request;
     it compares with stored state, publishes the change and returns "good" or "nochg". An
     exception from it answers `911` (try again later) for the affected hosts. `on_reject(site
-    or None, code, detail)` is awaited for refused requests so operators hear about e.g. CGNAT.
+    or None, code, detail, ip or None)` is awaited for refused requests so operators hear about
+    e.g. CGNAT (``ip`` is the refused address when an unusable address was the reason).
     """
     limiter = TokenBucketLimiter(config.rate_limit, clock=clock)
     by_user = {a.username: a for a in config.accounts}
     # Unknown users still pay for one hash so response time does not reveal valid usernames.
     dummy_hash = hash_password(secrets.token_urlsafe(16), iterations=_iterations(config))
 
-    async def reject(site: str | None, code: str, detail: str) -> None:
+    async def reject(site: str | None, code: str, detail: str, ip: str | None = None) -> None:
         log.info("dyndns2 refused (%s) site=%s: %s", code, site, detail)
         if on_reject is not None:
             try:
-                await on_reject(site, code, detail)
+                await on_reject(site, code, detail, ip)
             except Exception:
                 log.exception("dyndns2 on_reject callback failed")
 
@@ -306,7 +308,7 @@ def make_dyndns2_handler(
         if any(h in account.hostnames for h in hosts):
             addresses = _addresses(request, config.allow_documentation)
             if addresses.error is not None:
-                await reject(account.site, addresses.error, addresses.detail)
+                await reject(account.site, addresses.error, addresses.detail, addresses.refused_ip)
         results: dict[str, str] = {}  # family -> result, per request (one site per account)
         lines: list[str] = []
         for host in hosts:

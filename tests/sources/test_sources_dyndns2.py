@@ -47,6 +47,7 @@ class Store:
     ips: dict[tuple[str, str], str] = field(default_factory=dict)
     calls: list[tuple[str, str, str]] = field(default_factory=list)
     rejects: list[tuple[str | None, str, str]] = field(default_factory=list)
+    refused_ips: list[str | None] = field(default_factory=list)
     fail: bool = False
 
     async def on_update(self, site: str, ip: str, family: Family) -> UpdateResult:
@@ -58,8 +59,9 @@ class Store:
         self.ips[(site, family)] = ip
         return "good"
 
-    async def on_reject(self, site: str | None, code: str, detail: str) -> None:
+    async def on_reject(self, site: str | None, code: str, detail: str, ip: str | None) -> None:
         self.rejects.append((site, code, detail))
+        self.refused_ips.append(ip)
 
 
 def config(**kw: Any) -> DynDns2Config:
@@ -242,6 +244,7 @@ async def test_unusable_addresses(env: Env) -> None:
     assert body == "dnserr"
     site, code, detail = env.store.rejects[-1]
     assert (site, code) == ("berlin", "dnserr") and "carrier-grade NAT" in detail
+    assert env.store.refused_ips[-1] == "100.64.7.7"
     _, body, _ = await env.get(hostname="berlin.vpn.example.test", myip="192.168.178.20")
     assert body == "dnserr"
     _, body, _ = await env.get(hostname="berlin.vpn.example.test", myip="<ipaddr>")
