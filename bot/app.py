@@ -42,6 +42,22 @@ def build_worker(services: Services, name: str | None = None) -> Worker:
     return Worker(services, handlers.builtin(), runner, runner.worker)
 
 
+async def poll_sources(services: Services, stop: asyncio.Event) -> None:
+    """The polling sources, on whichever replica holds the pollers' lease."""
+    import aiohttp
+
+    from bot.sources.pollers import build_pollers, run_pollers
+    from bot.sources.report import IpReporter
+
+    settings = services.settings
+    reporter = IpReporter(services, allow_documentation=settings.allow_documentation_ips)
+    async with aiohttp.ClientSession() as session:
+        pollers = build_pollers(settings.sources, session=session, reporter=reporter)
+        lease = services.state.leader_lease("pollers", ttl=15.0)
+        log.info("sources: %s", ", ".join(p.name for p in pollers) or "none enabled")
+        await run_pollers(pollers, lease, stop, tick=3.0)
+
+
 def stop_on_signals(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -55,6 +71,7 @@ async def run_process(
     redis_url: str | None,
     worker: bool,
     http: bool,
+    sources: bool = False,
     stop: asyncio.Event | None = None,
     handle_signals: bool = True,
 ) -> int:
@@ -71,6 +88,8 @@ async def run_process(
         tasks: list[asyncio.Task[None]] = []
         if the_worker is not None:
             tasks.append(asyncio.create_task(the_worker.run(stop), name="worker"))
+        if sources and settings.sources:
+            tasks.append(asyncio.create_task(poll_sources(services, stop), name="sources"))
         web_runner = None
         if http:
             app = create_app(services, the_worker)

@@ -123,26 +123,34 @@ def _print_json(value: Any) -> None:
 # --- long-running processes ------------------------------------------------------------
 
 
-def _serve(ctx: typer.Context, *, worker: bool, http: bool) -> None:
+def _serve(ctx: typer.Context, *, worker: bool, http: bool, sources: bool = False) -> None:
     from bot.app import run_process
 
     settings = _settings(ctx)
     _setup_logs(settings)
     g: Globals = ctx.obj
-    code = asyncio.run(run_process(settings, redis_url=g.redis_url, worker=worker, http=http))
+    code = asyncio.run(
+        run_process(settings, redis_url=g.redis_url, worker=worker, http=http, sources=sources)
+    )
     raise typer.Exit(code)
 
 
 @app.command()
 def run(ctx: typer.Context) -> None:
     """Run everything in one process: sources, worker and HTTP server."""
-    _serve(ctx, worker=True, http=True)
+    _serve(ctx, worker=True, http=True, sources=True)
 
 
 @app.command()
 def worker(ctx: typer.Context) -> None:
     """Consume events and run playbooks (start as many as you like)."""
     _serve(ctx, worker=True, http=False)
+
+
+@app.command()
+def sources(ctx: typer.Context) -> None:
+    """Run the sources: pollers (one replica at a time) and the push endpoints."""
+    _serve(ctx, worker=False, http=True, sources=True)
 
 
 @app.command()
@@ -483,6 +491,26 @@ def config_new_key() -> None:
     from cryptography.fernet import Fernet
 
     sys.stdout.write(Fernet.generate_key().decode() + "\n")
+
+
+# --- demo -------------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    changes: Annotated[int, typer.Option(min=1, max=50, help="IP changes to play")] = 4,
+    tunnel_delay: Annotated[
+        float, typer.Option(min=0, help="Seconds a tunnel takes to come up")
+    ] = 1.5,
+    state_dir: Annotated[Path, typer.Option(help="Where the private Redis keeps its data")] = Path(
+        ".state/demo"
+    ),
+) -> None:
+    """Watch the whole loop on your machine: no cloud account, no Redis set-up."""
+    from bot.demo import run_demo
+
+    code = asyncio.run(run_demo(out, changes, tunnel_delay, state_dir))
+    raise typer.Exit(code)
 
 
 # --- simulators -------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from bot.chat.models import ChannelConfig
+from bot.sources.models import SourceSpec
 
 ENV_PREFIX = "TUNNELWARDEN_"
 SITE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -189,16 +190,6 @@ class SiteConfig(Section):
     connection: str | None = None
 
 
-class SourceConfig(Section):
-    """A watcher that publishes events; kinds are added by the sources that implement them."""
-
-    model_config = ConfigDict(extra="allow")
-    kind: str
-    enabled: bool = True
-    interval: float = Field(60.0, gt=0)
-    sites: list[str] = []
-
-
 class ChatConfig(Section):
     enabled: bool = Field(True, description="false mutes every [[notify]] channel")
 
@@ -293,7 +284,7 @@ class Settings(BaseSettings):
     worker: WorkerConfig = WorkerConfig()
     policies: Policy = Policy()
     sites: dict[SiteName, SiteConfig] = {}
-    sources: list[SourceConfig] = []
+    sources: list[SourceSpec] = []
     chat: ChatConfig = ChatConfig()
     notify: list[NotifyChannel] = []
     security: SecurityConfig = SecurityConfig()
@@ -434,7 +425,22 @@ def _literal_secrets(model: type[BaseModel], raw: Any, loc: tuple[str, ...]) -> 
 
 
 def _nested_secrets(annotation: Any, value: Any, loc: tuple[str, ...]) -> Iterator[str]:
-    args = getattr(annotation, "__args__", ())
+    args: tuple[Any, ...] = getattr(annotation, "__args__", ())
+    if getattr(annotation, "__metadata__", None) is not None:  # Annotated[X, ...]: look at X
+        yield from _nested_secrets(args[0], value, loc)
+        return
+    if (
+        isinstance(value, dict)
+        and args
+        and all(isinstance(a, type) and issubclass(a, BaseModel) for a in args)
+    ):  # a union of models (e.g. the kinds of source): the one whose `kind` matches
+        kind = value.get("kind")
+        for member in args:
+            field = member.model_fields.get("kind")
+            if field is None or kind in getattr(field.annotation, "__args__", ()):
+                yield from _literal_secrets(member, value, loc)
+                return
+        return
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         yield from _literal_secrets(annotation, value, loc)
     elif args and isinstance(value, dict) and len(args) == 2:  # dict[str, Model]

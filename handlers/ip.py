@@ -100,14 +100,27 @@ def describe_changed(
     )
     facts = {"Old IP": old, "New IP": data.ip, "Run": record.run_id}
     if record.outcome == "ok":
+        applied = any(
+            r.playbook == "update-local-gateway" and r.outcome == "ok" for r in record.playbooks
+        )
+        reset = any(
+            r.playbook == "reset-connection" and r.outcome == "ok" for r in record.playbooks
+        )
+        if not (applied or reset):
+            return None  # Azure already had the address and the tunnel came up by itself
         downtime = record.finished_at - event.occurred_at.timestamp()
         facts["Tunnel down for"] = f"{max(downtime, 0):.1f}s"
         steps = " → ".join(f"{r.playbook} ({r.outcome})" for r in record.playbooks)
+        title = (
+            f"{event.site}: new public IP {data.ip} applied, tunnel back"
+            if applied
+            else f"{event.site}: tunnel was down at {data.ip}; a reset brought it back"
+        )
         return Notification(
             severity=Severity.INFO,
-            title=f"{event.site}: new public IP {data.ip} applied, tunnel back",
+            title=title,
             site=event.site,
-            summary=f"The local network gateway follows the new address. Steps: {steps}.",
+            summary=f"Steps: {steps}.",
             facts=facts,
             run_url=run_url,
             event_id=event.id,

@@ -62,8 +62,17 @@ def test_config_check_accepts_a_valid_file(tmp_path: Path, redis_url: str, prefi
 
 def test_shipped_example_config_is_valid(redis_url: str, prefix: str) -> None:
     example = Path(__file__).parent.parent / "deploy" / "config.example.toml"
-    result = tw(redis_url, prefix, "config", "check", "--config", str(example))
+    secrets = {
+        "HOME_PUSH_PASSWORD": "push-secret",
+        "SLACK_WEBHOOK_URL": "https://chat.example.invalid/hook/T/B/x",
+    }
+    result = tw(redis_url, prefix, "config", "check", "--config", str(example), env=secrets)
     assert result.returncode == 0, result.stdout + result.stderr
+    missing = tw(redis_url, prefix, "config", "check", "--config", str(example))
+    assert missing.returncode == 1
+    assert "sites.home.push: password_env: environment variable HOME_PUSH_PASSWORD is not set" in (
+        missing.stdout
+    )
 
 
 BAD = """

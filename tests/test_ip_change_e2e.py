@@ -75,7 +75,12 @@ class Bot:
 
 @contextlib.asynccontextmanager
 async def running_bot(
-    tmp_path: Path, prefix: str, redis_url: str, receiver: Receiver, **policy: Any
+    tmp_path: Path,
+    prefix: str,
+    redis_url: str,
+    receiver: Receiver,
+    sources: list[dict[str, Any]] | None = None,
+    **policy: Any,
 ) -> AsyncIterator[Bot]:
     w = world()
     sim_runner, sim_port = await start_arm_sim(w)
@@ -87,6 +92,7 @@ async def running_bot(
         http={"port": port, "public_url": f"http://127.0.0.1:{port}"},
         notify=[{"kind": "webhook", "url": receiver.url, "name": "ops"}],
         policies={"tunnel_timeout": 1.0, "tunnel_poll": 0.05, "retry_max_delay": 0.5, **policy},
+        sources=sources or [],
     )
     settings.sites["home"].push = (
         type(settings.sites["home"])
@@ -96,7 +102,13 @@ async def running_bot(
     stop = asyncio.Event()
     task = asyncio.create_task(
         run_process(
-            settings, redis_url=redis_url, worker=True, http=True, stop=stop, handle_signals=False
+            settings,
+            redis_url=redis_url,
+            worker=True,
+            http=True,
+            sources=True,
+            stop=stop,
+            handle_signals=False,
         )
     )
     from redis.asyncio import Redis
@@ -258,3 +270,40 @@ async def test_recreate_runs_where_the_policy_allows_it(
         ]
         assert w.connection_status("conn-home") == "Connected"
         assert len(connections(w)) == 1
+
+
+async def test_polled_ip_change_with_echo_consensus(
+    tmp_path: Path, prefix: str, redis_url: str, receiver: Receiver
+) -> None:
+    """No push: the bot asks echo services (three local ones; one lies) what its IP is."""
+    answers = {"a": NEW_IP, "b": NEW_IP, "c": "203.0.113.66"}
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(text=answers[request.match_info["name"]] + "\n")
+
+    app = web.Application()
+    app.router.add_get("/{name}", echo)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    echo_base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    source = {
+        "kind": "echo",
+        "sites": ["home"],
+        "interval": 0.5,
+        "providers": [{"name": n, "url": f"{echo_base}/{n}", "kind": "text"} for n in answers],
+        "debounce": {"polls": 1},
+    }
+    try:
+        async with running_bot(tmp_path, prefix, redis_url, receiver, sources=[source]) as bot:
+            bot.world.set_device("fritzbox-home", public_ip=NEW_IP)
+            (record,) = await eventually(lambda: bot.services.state.history("home", 5), within=20)
+            assert record.outcome == "ok", record
+            assert record.event_source == "echo"
+            assert lng_of(bot.world)["properties"]["gatewayIpAddress"] == NEW_IP
+            assert bot.world.connection_status("conn-home") == "Connected"
+            await asyncio.sleep(1.2)  # more polls: same answer, no new event
+            assert len(await bot.services.state.history("home", 5)) == 1
+    finally:
+        await runner.cleanup()

@@ -14,24 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from bot.sources.models import DebounceConfig as DebounceConfig  # re-exported, lives in `models`
 
 Clock = Callable[[], float]
 DecisionKind = Literal["report", "pending", "unchanged", "cancelled"]
-
-
-class DebounceConfig(BaseModel):
-    """Stability requirement for a new address; `polls=0, seconds=0` reports immediately.
-
-    With both thresholds set, `combine="all"` (default, conservative) needs both, `"any"`
-    needs either.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    polls: int = Field(default=2, ge=0, description="consecutive observations required")
-    seconds: float = Field(default=0.0, ge=0.0, description="time the value must persist")
-    combine: Literal["all", "any"] = "all"
 
 
 @dataclass(frozen=True, slots=True)

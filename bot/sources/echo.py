@@ -18,76 +18,18 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import aiohttp
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, model_validator
 
 from bot.sources.ipcheck import Family, IpReason, check_ip
 
-ProviderKind = Literal["text", "json", "trace"]
+# Re-exported: the config models moved to `models` so `bot.config` can import them cheaply.
+from bot.sources.models import EchoConfig as EchoConfig
+from bot.sources.models import EchoProvider as EchoProvider
+from bot.sources.models import ProviderKind as ProviderKind
+from bot.sources.models import effective_quorum as effective_quorum
+
 ErrorKind = Literal[
     "timeout", "connection", "http_status", "too_large", "garbage", "invalid_ip", "wrong_family"
 ]
-
-
-class EchoProvider(BaseModel):
-    """One echo endpoint.
-
-    `text`: the body is the address (ipify/icanhazip style). `json`: the address is the string
-    at dotted `json_field` (e.g. `ip` or `data.ip`). `trace`: Cloudflare `/cdn-cgi/trace`
-    `key=value` lines, address in `ip=`.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str = Field(min_length=1, max_length=64)
-    url: AnyHttpUrl
-    kind: ProviderKind = "text"
-    family: Family = "v4"
-    json_field: str = Field(default="ip", min_length=1)
-    timeout_s: float = Field(default=5.0, gt=0, le=60)
-
-
-class EchoConfig(BaseModel):
-    """Providers plus agreement rules.
-
-    `quorum=None` means a majority of the providers queried for that family, and at least 2
-    when 2 or more are configured. `max_body_bytes` caps what is read from any provider.
-    The aiohttp session should pin its connector to the right address family; answers of the
-    wrong family are rejected either way.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    providers: tuple[EchoProvider, ...] = Field(min_length=1)
-    quorum: int | None = Field(default=None, ge=1)
-    max_body_bytes: int = Field(default=1024, ge=64, le=65536)
-    allow_documentation: bool = False
-
-    @model_validator(mode="after")
-    def _check(self) -> EchoConfig:
-        names = [p.name for p in self.providers]
-        if len(set(names)) != len(names):
-            raise ValueError("provider names must be unique")
-        if self.quorum is not None:
-            for fam in ("v4", "v6"):
-                count = sum(1 for p in self.providers if p.family == fam)
-                if count and self.quorum > count:
-                    raise ValueError(f"quorum {self.quorum} > {count} IP{fam} providers")
-        return self
-
-    def providers_for(self, family: Family) -> tuple[EchoProvider, ...]:
-        return tuple(p for p in self.providers if p.family == family)
-
-    def quorum_for(self, family: Family) -> int:
-        return effective_quorum(len(self.providers_for(family)), self.quorum)
-
-
-def effective_quorum(n_providers: int, configured: int | None = None) -> int:
-    """Majority of `n_providers` (min 2 when there are 2+), unless explicitly configured."""
-    if configured is not None:
-        return configured
-    if n_providers <= 1:
-        return 1
-    return max(2, n_providers // 2 + 1)
 
 
 @dataclass(frozen=True, slots=True)

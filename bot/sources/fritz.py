@@ -22,32 +22,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
-
 from bot.sources.ipcheck import Family, IpCheck, check_ip
+from bot.sources.models import FritzConfig as FritzConfig  # re-exported, lives in `models`
 
 log = logging.getLogger(__name__)
 
 FRITZ_DEFAULT_USERNAME = "dslf-config"  # fritzconnection's default for FRITZ!OS < 7.24
 _NO_ADDRESS = frozenset({"", "0.0.0.0", "::"})
-
-
-class FritzConfig(BaseModel):
-    """Where the box is and which services to try, in order."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    address: str = Field(default="192.168.178.1", min_length=1)
-    port: int | None = Field(default=None, ge=1, le=65535, description="49000 / 49443 (TLS)")
-    use_tls: bool = False
-    username: str = ""
-    password: SecretStr = SecretStr("")
-    timeout_s: float = Field(default=10.0, gt=0, le=120, description="per HTTP request")
-    ipv6: bool = True
-    allow_documentation: bool = False
-    ipv4_services: tuple[str, ...] = ("WANIPConn1", "WANPPPConnection1", "WANIPConnection1")
-    ipv6_services: tuple[str, ...] = ("WANIPConn1",)
-    link_services: tuple[str, ...] = ("WANCommonIFC1", "WANCommonInterfaceConfig1")
 
 
 class Tr064(Protocol):

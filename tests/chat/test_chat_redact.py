@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from bot.chat.redact import redact, redact_payload
 from bot.chat.delivery import parse_retry_after
-from bot.chat.redact import REDACTED, Scrubber, url_secrets
+from bot.chat.redact import REDACTED, Scrubber, redact, redact_payload, url_secrets
 from bot.chat.signing import sign, verify
 
 

@@ -1,0 +1,411 @@
+"""``tunnelwarden demo``: the whole loop in a minute, with no cloud account and no Redis set-up.
+
+It starts a private Redis, the ARM simulator with two demo sites, the bot (worker and HTTP
+server, as ``tunnelwarden run``) and a local chat sink; then the sites' routers get new public
+IPs and push them over dyndns2, the way a FRITZ!Box does. Everything the bot does is shown as
+it happens — read back from Redis, where the bot keeps it — and a summary closes the show.
+Every address used is a documentation address and every connection stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from cryptography.fernet import Fernet
+from rich.console import Console
+from rich.table import Table
+
+from bot.app import open_services, run_process
+from bot.config import Settings, load_config
+from bot.embedded import EmbeddedRedis
+from bot.models import RunRecord
+from bot.services import Services
+from bot.sim.arm import start_arm_sim
+from bot.sim.world import World
+
+SUB = "00000000-0000-0000-0000-00000000d3e0"
+RG = "rg-vpn-demo"
+KEY = "demo-shared-key"
+
+
+@dataclass(frozen=True)
+class DemoSite:
+    name: str
+    device: str
+    first_ip: str
+    hostname: str
+
+
+SITES = (
+    DemoSite("home", "fritzbox-home", "198.51.100.10", "home.demo.example"),
+    DemoSite("branch", "sonicwall-branch", "198.51.100.20", "branch.demo.example"),
+)
+
+
+def demo_world(tunnel_delay: float) -> World:
+    seed: dict[str, Any] = {
+        "subscription": SUB,
+        "settings": {"tunnel_delay": tunnel_delay, "retry_after": 0, "lro_polls": 1},
+        "resource_groups": [{"name": RG}],
+        "virtual_network_gateways": [{"resource_group": RG, "name": "vpngw-demo"}],
+        "local_network_gateways": [],
+        "connections": [],
+        "devices": [],
+    }
+    for s in SITES:
+        seed["local_network_gateways"].append(
+            {
+                "resource_group": RG,
+                "name": f"lng-{s.name}",
+                "gateway_ip_address": s.first_ip,
+                "address_prefixes": ["192.168.178.0/24"],
+            }
+        )
+        seed["connections"].append(
+            {
+                "resource_group": RG,
+                "name": f"conn-{s.name}",
+                "virtual_network_gateway": "vpngw-demo",
+                "local_network_gateway": f"lng-{s.name}",
+                "shared_key": KEY,
+            }
+        )
+        seed["devices"].append(
+            {"name": s.device, "public_ip": s.first_ip, "shared_key": KEY, "lng": f"lng-{s.name}"}
+        )
+    return World.from_seed(seed)
+
+
+def demo_settings(
+    state_dir: Path, sim_port: int, http_port: int, sink: str, tunnel_delay: float
+) -> Settings:
+    sites: dict[str, Any] = {
+        s.name: {
+            "resource_group": RG,
+            "local_network_gateway": f"lng-{s.name}",
+            "connection": f"conn-{s.name}",
+            "push": {"hostname": s.hostname, "username": s.name, "password": f"{s.name}-pw"},
+        }
+        for s in SITES
+    }
+    return load_config(
+        None,
+        overrides={
+            "redis": {"url": "", "state_dir": str(state_dir), "prefix": f"demo{int(time.time())}"},
+            "worker": {"block_ms": 100, "concurrency": 4},
+            "policies": {
+                "tunnel_timeout": tunnel_delay + 3,
+                "tunnel_poll": 0.25,
+                "retry_max_delay": 1,
+            },
+            "azure": {
+                "cloud": "sim",
+                "endpoint": f"http://127.0.0.1:{sim_port}",
+                "subscription_id": SUB,
+                "polling_interval": 0.1,
+            },
+            "http": {
+                "host": "127.0.0.1",
+                "port": http_port,
+                "public_url": f"http://127.0.0.1:{http_port}",
+            },
+            "notify": [{"kind": "webhook", "url": sink, "name": "demo-sink"}],
+            "security": {"journal_key": Fernet.generate_key().decode()},
+            "log": {"level": "WARNING"},
+            "sites": sites,
+        },
+    )
+
+
+@dataclass
+class Change:
+    site: DemoSite
+    old_ip: str
+    new_ip: str
+    trouble: str = ""
+    pushed_at: float = 0.0
+    answer: str = ""
+    record: RunRecord | None = None
+    arm_writes: int = 0
+
+
+@dataclass
+class Sink:
+    """The local chat webhook: shows each notification as it arrives."""
+
+    console: Console
+    received: list[dict[str, Any]] = field(default_factory=list)
+
+    async def hook(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.received.append(body)
+        colour = {"info": "green", "warning": "yellow"}.get(body.get("severity", ""), "red")
+        self.console.print(f"  [{colour}]chat[/{colour}] {body['title']}", highlight=False)
+        if body.get("next_step"):
+            self.console.print(f"       next step: {body['next_step']}", highlight=False)
+        return web.Response(text="ok")
+
+
+@contextlib.asynccontextmanager
+async def _serve(app: web.Application) -> AsyncIterator[int]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield int(runner.addresses[0][1])
+    finally:
+        await runner.cleanup()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def run_demo(console: Console, changes: int, tunnel_delay: float, state_dir: Path) -> int:
+    world = demo_world(tunnel_delay)
+    sink = Sink(console)
+    sink_app = web.Application()
+    sink_app.router.add_post("/hook", sink.hook)
+    sim_runner, sim_port = await start_arm_sim(world)
+    http_port = _free_port()
+    stop = asyncio.Event()
+    embedded = EmbeddedRedis(state_dir)
+    try:
+        redis_url = await embedded.start()
+        async with _serve(sink_app) as sink_port:
+            settings = demo_settings(
+                state_dir, sim_port, http_port, f"http://127.0.0.1:{sink_port}/hook", tunnel_delay
+            )
+            console.print(
+                f"[bold]tunnelwarden demo[/bold]: ARM simulator on 127.0.0.1:{sim_port}, "
+                f"bot on 127.0.0.1:{http_port}, private Redis under {state_dir}/"
+            )
+            bot = asyncio.create_task(
+                run_process(
+                    settings,
+                    redis_url=redis_url,
+                    worker=True,
+                    http=True,
+                    stop=stop,
+                    handle_signals=False,
+                )
+            )
+            async with open_services(settings, redis_url) as services:
+                await _wait_ready(f"http://127.0.0.1:{http_port}", bot)
+                await _baseline(console, world, services, http_port)
+                plan = _scenario(changes)
+                for change in plan:
+                    await _play(console, world, services, http_port, change)
+                stop.set()
+                await bot
+                _summary(console, plan, sink, world)
+                ok = all(c.record is not None and c.record.outcome == "ok" for c in plan)
+                return 0 if ok else 1
+    finally:
+        stop.set()
+        await sim_runner.cleanup()
+        await embedded.stop()
+
+
+def _scenario(changes: int) -> list[Change]:
+    """Round-robin over the sites; every third change the tunnel also needs a reset."""
+    plan: list[Change] = []
+    last = {s.name: s.first_ip for s in SITES}
+    for i in range(changes):
+        site = SITES[i % len(SITES)]
+        new_ip = f"203.0.113.{10 + i}"
+        trouble = "tunnel stuck until reset" if i % 3 == 2 else ""
+        plan.append(Change(site, last[site.name], new_ip, trouble))
+        last[site.name] = new_ip
+    return plan
+
+
+async def _wait_ready(base: str, bot: asyncio.Task[int]) -> None:
+    async with aiohttp.ClientSession() as http:
+        for _ in range(200):
+            if bot.done():
+                bot.result()
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(f"{base}/readyz") as resp:
+                    if resp.status == 200:
+                        return
+            await asyncio.sleep(0.1)
+    raise RuntimeError("the bot did not become ready")
+
+
+async def _push(http_port: int, site: DemoSite, ip: str) -> str:
+    """What the site's router sends (a FRITZ!Box's custom DynDNS update, say)."""
+    headers = {
+        "User-Agent": "tunnelwarden-demo-router/1",
+        "Authorization": aiohttp.encode_basic_auth(site.name, f"{site.name}-pw"),
+    }
+    async with (
+        aiohttp.ClientSession(headers=headers) as http,
+        http.get(
+            f"http://127.0.0.1:{http_port}/nic/update",
+            params={"hostname": site.hostname, "myip": ip},
+        ) as resp,
+    ):
+        return (await resp.text()).strip()
+
+
+async def _baseline(console: Console, world: World, services: Services, http_port: int) -> None:
+    """The routers report the addresses Azure already has: nothing to do, nothing written."""
+    console.rule("the routers report their current addresses")
+    for _ in range(600):  # the seeded tunnels are still coming up
+        if all(world.connection_status(f"conn-{s.name}") == "Connected" for s in SITES):
+            break
+        await asyncio.sleep(0.05)
+    writes = world.counters.totals().writes
+    for s in SITES:
+        answer = await _push(http_port, s, s.first_ip)
+        for _ in range(200):
+            history = await services.state.history(s.name, 1)
+            if history:
+                break
+            await asyncio.sleep(0.05)
+        outcome = history[0].outcome if history else "no result"
+        console.print(f"  {s.name}: router reports {s.first_ip} -> {answer}; run: {outcome}")
+    console.print(f"  ARM writes: {world.counters.totals().writes - writes} (already converged)")
+
+
+async def _play(
+    console: Console, world: World, services: Services, http_port: int, change: Change
+) -> None:
+    s = change.site
+    console.rule(f"{s.name}: the router gets a new public IP {change.new_ip}")
+    writes_before = world.counters.totals().writes
+    world.set_device(s.device, public_ip=change.new_ip)
+    if change.trouble:
+        world.drop_tunnel(f"conn-{s.name}", cleared_by=["reset_connection"])
+        console.print(
+            f"  [yellow]world[/yellow] and the tunnel will need a reset ({change.trouble})"
+        )
+    console.print(
+        f"  [yellow]world[/yellow] tunnel conn-{s.name}: "
+        f"{world.connection_status(f'conn-{s.name}')}"
+    )
+    change.pushed_at = time.monotonic()
+    auth = aiohttp.encode_basic_auth(s.name, f"{s.name}-pw")
+    async with (
+        aiohttp.ClientSession(
+            headers={"User-Agent": "tunnelwarden-demo-router/1", "Authorization": auth}
+        ) as http,
+        http.get(
+            f"http://127.0.0.1:{http_port}/nic/update",
+            params={"hostname": s.hostname, "myip": change.new_ip},
+        ) as resp,
+    ):
+        change.answer = (await resp.text()).strip()
+    console.print(
+        f"  [cyan]push[/cyan]  GET /nic/update?hostname={s.hostname}&myip="
+        f"{change.new_ip} -> {change.answer}"
+    )
+    change.record = await _follow(console, world, services, change)
+    change.arm_writes = world.counters.totals().writes - writes_before
+
+
+async def _follow(
+    console: Console, world: World, services: Services, change: Change
+) -> RunRecord | None:
+    """Print the run as the worker journals it, until it is recorded."""
+    site = change.site.name
+    state = services.state
+    shown_runs: set[str] = set()
+    shown: dict[str, int] = {}
+    status = ""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        now_status = world.connection_status(f"conn-{site}")
+        if now_status != status:
+            status = now_status
+            colour = "green" if status == "Connected" else "yellow"
+            console.print(f"  [{colour}]world[/{colour}] tunnel conn-{site}: {status}")
+        runs = await state.active_runs(site)
+        for run_id in runs:
+            if run_id not in shown_runs:
+                shown_runs.add(run_id)
+                info = await state.run_info(site, run_id)
+                console.print(
+                    f"  [magenta]event[/magenta] {info.get('event_type')} (run {run_id[:8]})"
+                )
+                console.print(f"  [magenta]decide[/magenta] {info.get('reason')}")
+            journal = await state.journal(site, run_id)
+            for entry in journal[shown.get(run_id, 0) :]:
+                _print_step(console, entry.step, entry.phase, entry.data)
+            shown[run_id] = len(journal)
+        for record in await state.history(site, 3):
+            if record.event_type == "ip.changed" and change.new_ip in record.reason:
+                for run_id in shown_runs:
+                    journal = await state.journal(site, run_id)
+                    for entry in journal[shown.get(run_id, 0) :]:
+                        _print_step(console, entry.step, entry.phase, entry.data)
+                took = time.monotonic() - change.pushed_at
+                colour = "green" if record.outcome == "ok" else "red"
+                console.print(
+                    f"  [{colour}]done[/{colour}]  {record.outcome} in {took:.1f}s after the push"
+                )
+                await asyncio.sleep(0.3)  # let the chat message land before the next change
+                return record
+        await asyncio.sleep(0.05)
+    console.print("  [red]no result within 60s[/red]")
+    return None
+
+
+def _print_step(console: Console, step: str, phase: str, data: Any) -> None:
+    if step == ":playbook":
+        if phase == "start":
+            console.print(f"  [blue]playbook[/blue] {data} ...")
+        elif phase == "done" and isinstance(data, dict):
+            colour = "green" if data.get("outcome") in ("ok", "no_changes") else "red"
+            text = data.get("detail") or data.get("error") or ""
+            console.print(
+                f"  [blue]playbook[/blue] {data.get('playbook')}: "
+                f"[{colour}]{data.get('outcome')}[/{colour}] {text}"
+            )
+            for c in data.get("changes") or []:
+                console.print(f"           {c['target']} {c['field']}: {c['old']} -> {c['new']}")
+    elif phase in ("done", "failed") and not step.startswith(":"):
+        console.print(f"           step {step}: {phase}")
+
+
+def _summary(console: Console, plan: list[Change], sink: Sink, world: World) -> None:
+    table = Table(title="Summary", title_justify="left")
+    for col in ("site", "new address", "push", "outcome", "playbooks", "writes", "took"):
+        table.add_column(col, no_wrap=col != "playbooks")
+    for c in plan:
+        r = c.record
+        table.add_row(
+            c.site.name,
+            c.new_ip,
+            c.answer.split()[0] if c.answer else "-",
+            r.outcome if r else "no result",
+            " ".join(f"{p.playbook.split('-')[0]}:{p.outcome}" for p in r.playbooks) if r else "-",
+            str(c.arm_writes),
+            f"{r.duration_s:.1f}s" if r else "-",
+        )
+    console.print(table)
+    tunnels = ", ".join(f"{s.name} {world.connection_status(f'conn-{s.name}')}" for s in SITES)
+    console.print(f"Tunnels now: {tunnels}")
+    applied = sum(1 for c in plan if c.record is not None and c.record.outcome == "ok")
+    console.print(
+        f"{applied}/{len(plan)} changes applied; {len(sink.received)} chat "
+        "message(s) delivered to the local sink."
+    )
+    console.print(
+        "Next: tunnelwarden sim arm --port 8443 for your own experiments, "
+        "and docs/azure.md for a real subscription."
+    )

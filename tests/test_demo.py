@@ -1,0 +1,41 @@
+"""`tunnelwarden demo`, run as a newcomer runs it: its own private Redis, no cloud account."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from tests.conftest import tunnelwarden
+
+
+def test_demo_plays_ip_changes_end_to_end(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUNNELWARDEN_")}
+    result = subprocess.run(
+        [
+            *tunnelwarden(),
+            "demo",
+            "--changes",
+            "3",
+            "--tunnel-delay",
+            "0.3",
+            "--state-dir",
+            str(tmp_path / "state"),
+        ],
+        env={**env, "COLUMNS": "120"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
+    )
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "ARM writes: 0 (already converged)" in out
+    assert out.count("-> good 203.0.113.") == 3
+    assert "lng lng-home gatewayIpAddress: 198.51.100.10 -> 203.0.113.10" in out
+    assert "playbook reset-connection: ok" in out  # the third change needed a reset
+    assert "chat home: new public IP 203.0.113.12 applied, tunnel back" in out
+    assert "3/3 changes applied; 3 chat message(s) delivered" in out
+    assert "Tunnels now: home Connected, branch Connected" in out
+    assert any((tmp_path / "state").glob("appendonly*")), "the private Redis kept no data"
