@@ -199,8 +199,29 @@ class Runner:
         started: float,
     ) -> RunRecord:
         outcome = aggregate(results, ok)
+        record = self._record_of(event, decision, outcome, results, attempt, started)
+        done_key = event.idempotency_key if outcome in ("ok", "no_changes") else None
+        changed = any(r.outcome == "ok" and r.changes for r in results)
+        await self.services.state.record(record, done_key, changed)
+        return record
+
+    async def record_skip(self, event: Event, decision: Decision) -> RunRecord:
+        """A decision to do nothing is history too (paused, rate-limited, ...)."""
+        record = self._record_of(event, decision, "skipped", [], 1, time.time())
+        await self.services.state.record(record, None, changed=False)
+        return record
+
+    def _record_of(
+        self,
+        event: Event,
+        decision: Decision,
+        outcome: Outcome,
+        results: list[PlaybookResult],
+        attempt: int,
+        started: float,
+    ) -> RunRecord:
         finished = time.time()
-        record = RunRecord(
+        return RunRecord(
             run_id=event.id,
             site=event.site,
             event_type=event.type,
@@ -215,28 +236,6 @@ class Runner:
             finished_at=finished,
             duration_s=round(finished - started, 4),
         )
-        done_key = event.idempotency_key if outcome in ("ok", "no_changes") else None
-        changed = any(r.outcome == "ok" and r.changes for r in results)
-        await self.services.state.record(record, done_key, changed)
-        return record
-
-    async def record_skip(self, event: Event, decision: Decision) -> RunRecord:
-        """A decision to do nothing is history too (paused, rate-limited, ...)."""
-        now = time.time()
-        record = RunRecord(
-            run_id=event.id,
-            site=event.site,
-            event_type=event.type,
-            event_source=event.source,
-            idempotency_key=event.idempotency_key,
-            outcome="skipped",
-            reason=decision.reason,
-            worker=self.worker,
-            started_at=now,
-            finished_at=now,
-        )
-        await self.services.state.record(record, None, changed=False)
-        return record
 
 
 def aggregate(results: list[PlaybookResult], ok: bool) -> Outcome:

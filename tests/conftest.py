@@ -128,6 +128,40 @@ async def services(settings: Settings, redis_url: str) -> AsyncIterator[Services
         await client.aclose()
 
 
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes a test starts; killed at the end whatever happened."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
+def start_worker(
+    procs: list[subprocess.Popen[bytes]],
+    config: Path,
+    redis_url: str,
+    prefix: str,
+    name: str,
+    capture_logs: bool = False,
+    **env: str,
+) -> subprocess.Popen[bytes]:
+    """A `tunnelwarden worker` process, as an operator starts one.
+
+    Capture logs only from a worker that will exit: an unread pipe fills up and blocks it.
+    """
+    proc = subprocess.Popen(
+        [*tunnelwarden(), "--config", str(config), "worker"],
+        env=cli_env(redis_url, prefix, TUNNELWARDEN_WORKER__NAME=name, **env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE if capture_logs else subprocess.DEVNULL,
+    )
+    procs.append(proc)
+    return proc
+
+
 def cli_env(redis_url: str, prefix: str, **extra: str) -> dict[str, str]:
     """Environment for running the real console script in a subprocess."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUNNELWARDEN_")}

@@ -6,14 +6,11 @@ import json
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from bot.events import Event
 from bot.services import Services
-from tests.conftest import cli_env, tunnelwarden
+from tests.conftest import start_worker
 from tests.helpers import eventually
 
 CONFIG = """
@@ -28,30 +25,6 @@ grace_period = {grace}
 lock_ttl = 1.5
 lock_wait = 30
 """
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-
-
-def start_worker(
-    procs: list[subprocess.Popen[bytes]], config: Path, redis_url: str, prefix: str, name: str
-) -> subprocess.Popen[bytes]:
-    env = cli_env(redis_url, prefix, TUNNELWARDEN_WORKER__NAME=name)
-    proc = subprocess.Popen(
-        [*tunnelwarden(), "--config", str(config), "worker"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    procs.append(proc)
-    return proc
 
 
 def write_config(tmp_path: Path, grace: float) -> Path:
@@ -131,7 +104,7 @@ async def test_sigterm_hands_back_a_run_longer_than_the_grace_period(
     config = write_config(tmp_path, grace=0.5)
     event = Event.new("test.sleep", "home", source="test", data={"seconds": 2, "steps": 2})
     await services.queue.publish(event)
-    worker = start_worker(procs, config, redis_url, prefix, "leaving")
+    worker = start_worker(procs, config, redis_url, prefix, "leaving", capture_logs=True)
     await eventually(lambda: step_done(services, "home", event.id, "sleep-1"))
     began = time.monotonic()
     worker.send_signal(signal.SIGTERM)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from bot.events import Event
 from bot.services import Services
 from bot.sim.arm import start_arm_sim
 from tests.azure_world import NEW_IP, RG, SHARED_KEY, SUB, world
-from tests.conftest import cli_env, tunnelwarden
+from tests.conftest import start_worker
 from tests.helpers import eventually
 from tests.test_azure_playbooks import connections, lng_of, settings_of
 
@@ -43,16 +42,6 @@ connection = "conn-home"
 """
 
 
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-
-
 @pytest.mark.parametrize(
     "step", ["snapshot", "delete-connection", "update-lng", "create-connection"]
 )
@@ -67,7 +56,7 @@ async def test_sigkill_at_each_recreate_step_ends_with_one_identical_connection(
     w = world()
     # Slow every long-running operation, and make the snapshot's key read wait, so that
     # each step lasts long enough to be killed in the middle of.
-    w.configure(lro_polls=4, lro_settle_seconds=2.0)
+    w.configure(lro_polls=6, lro_settle_seconds=2.0)
     w.add_fault(kind="throttle", method="GET", path="sharedkey", count=1, retry_after=0.8)
     runner, port = await start_arm_sim(w)
     try:
@@ -75,19 +64,17 @@ async def test_sigkill_at_each_recreate_step_ends_with_one_identical_connection(
         w.set_device("fritzbox-home", public_ip=NEW_IP)
         config = tmp_path / "tw.toml"
         config.write_text(CONFIG.format(port=port, sub=SUB, rg=RG))
-        env = cli_env(
-            redis_url, prefix, TUNNELWARDEN_SECURITY__JOURNAL_KEY=Fernet.generate_key().decode()
-        )
+        journal_key = Fernet.generate_key().decode()
 
         def start(name: str) -> subprocess.Popen[bytes]:
-            proc = subprocess.Popen(
-                [*tunnelwarden(), "--config", str(config), "worker"],
-                env={**env, "TUNNELWARDEN_WORKER__NAME": name},
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+            return start_worker(
+                procs,
+                config,
+                redis_url,
+                prefix,
+                name,
+                TUNNELWARDEN_SECURITY__JOURNAL_KEY=journal_key,
             )
-            procs.append(proc)
-            return proc
 
         event = Event.new(
             "playbook.requested",

@@ -38,6 +38,15 @@ async def _status(ctx: RunContext, t: AzureTarget) -> str:
     return text(conn.connection_status) or "Unknown"
 
 
+async def _unless_connected(ctx: RunContext, params: WaitParams) -> str | None:
+    """None if the connection reports Connected, else why it is down."""
+    t = target(ctx)
+    status = await _status(ctx, t)
+    if status == "Connected":
+        return None
+    return await _why_down(ctx, t, status, params.timeout)
+
+
 async def _why_down(ctx: RunContext, t: AzureTarget, status: str, waited: float) -> str:
     client = await network(ctx)
     lng = await client.local_network_gateways.get(t.resource_group, t.local_network_gateway)
@@ -79,11 +88,7 @@ class VerifyTunnel(Playbook[WaitParams]):
         return f"Connected after {waited:.1f}s" if up else f"still {status} after {waited:.0f}s"
 
     async def verify(self, ctx: RunContext, params: WaitParams) -> str | None:
-        t = target(ctx)
-        status = await _status(ctx, t)
-        if status == "Connected":
-            return None
-        return await _why_down(ctx, t, status, params.timeout)
+        return await _unless_connected(ctx, params)
 
 
 class ResetConnection(Playbook[ResetParams]):
@@ -125,8 +130,4 @@ class ResetConnection(Playbook[ResetParams]):
         return f"reset; Connected after {waited:.1f}s" if up else f"reset; still {status}"
 
     async def verify(self, ctx: RunContext, params: ResetParams) -> str | None:
-        t = target(ctx)
-        status = await _status(ctx, t)
-        if status == "Connected":
-            return None
-        return await _why_down(ctx, t, status, params.timeout)
+        return await _unless_connected(ctx, params)
