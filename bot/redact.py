@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Any
 
 MASK = "***"
 # Shapes of secrets we may not have been told about: credentials in URLs, bearer tokens,
@@ -36,3 +37,13 @@ class Redactor:
         for pattern in _PATTERNS:
             text = pattern.sub(lambda m: m.group("keep") + MASK, text)
         return text
+
+    def tree(self, value: Any) -> Any:
+        """The same JSON-like structure with every string redacted."""
+        if isinstance(value, str):
+            return self(value)
+        if isinstance(value, dict):
+            return {k: self.tree(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.tree(v) for v in value]
+        return value

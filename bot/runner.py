@@ -14,7 +14,6 @@ from pydantic import ValidationError
 
 from bot.events import Event
 from bot.models import Decision, Outcome, Plan, PlaybookCall, PlaybookResult, RunRecord
-from bot.redact import Redactor
 from bot.retry import PermanentError, TransientError, describe_error, retrying
 from bot.services import Services
 from bot.state import JournalEntry, LockLost, SiteLock
@@ -31,12 +30,11 @@ class Runner:
         services: Services,
         playbooks: Mapping[str, Playbook[Any]],
         worker: str,
-        redactor: Redactor | None = None,
     ) -> None:
         self.services = services
         self.playbooks = playbooks
         self.worker = worker
-        self.redact = redactor or Redactor(services.settings.secret_values())
+        self.redact = services.redact
 
     def context(
         self, site: str, run_id: str, index: int, journal: list[JournalEntry], dry_run: bool
@@ -169,6 +167,7 @@ class Runner:
                 error_code=code,
             )
         result.duration_s = round(time.monotonic() - started, 4)
+        result = PlaybookResult.model_validate(self.redact.tree(result.model_dump(mode="json")))
         await ctx.note(PLAYBOOK_STEP, "done", result.model_dump(mode="json"))
         metrics.runs.labels(call.name, result.outcome).inc()
         metrics.run_duration.labels(call.name).observe(result.duration_s)
@@ -221,7 +220,7 @@ class Runner:
         started: float,
     ) -> RunRecord:
         finished = time.time()
-        return RunRecord(
+        record = RunRecord(
             run_id=event.id,
             site=event.site,
             event_type=event.type,
@@ -236,6 +235,8 @@ class Runner:
             finished_at=finished,
             duration_s=round(finished - started, 4),
         )
+        # History outlives everything: no secret goes into it, wherever it came from.
+        return RunRecord.model_validate(self.redact.tree(record.model_dump(mode="json")))
 
 
 def aggregate(results: list[PlaybookResult], ok: bool) -> Outcome:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from cryptography.fernet import Fernet
 from redis.asyncio import Redis
@@ -14,6 +13,7 @@ from bot.keys import Keys
 from bot.metrics import Metrics
 from bot.notify import Notifications
 from bot.queue import EventQueue
+from bot.redact import Redactor
 from bot.state import StateStore
 
 
@@ -27,8 +27,8 @@ class Services:
     metrics: Metrics
     azure: AzureClients
     notifications: Notifications
+    redact: Redactor
     journal_cipher: Fernet | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def build(cls, settings: Settings, redis: Redis, metrics: Metrics | None = None) -> Services:
@@ -53,5 +53,6 @@ class Services:
             metrics=metrics or Metrics(),
             azure=AzureClients(settings.azure),
             notifications=Notifications(settings),
+            redact=Redactor(settings.secret_values()),
             journal_cipher=Fernet(key.get_secret_value()) if key is not None else None,
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -22,7 +23,6 @@ from pydantic import ValidationError
 from bot.events import Event, EventError, describe
 from bot.models import RunRecord
 from bot.queue import Delivery
-from bot.redact import Redactor
 from bot.runner import Runner
 from bot.services import Services
 from handlers.base import Handler, SiteView
@@ -47,7 +47,7 @@ class Worker:
         self.runner = runner
         self.cfg = services.settings.worker
         self.name = name or self.cfg.name or default_worker_name()
-        self.redact = Redactor(services.settings.secret_values())
+        self.redact = services.redact
         self.inflight: dict[str, asyncio.Task[None]] = {}
         self.last_poll = 0.0
         self.running = False
@@ -161,7 +161,9 @@ class Worker:
 
     async def _dead_letter(self, delivery: Delivery, reason: str) -> None:
         reason = self.redact(reason)
-        await self.services.queue.dead_letter(delivery, reason)
+        # Kept for replay, so kept whole — except for secrets someone put in an event.
+        masked = dataclasses.replace(delivery, fields=self.redact.tree(delivery.fields))
+        await self.services.queue.dead_letter(masked, reason)
         self.services.metrics.dead_letters.inc()
         log.error("dead letter %s: %s", delivery.entry_id, reason)
 

@@ -52,7 +52,12 @@ class RunContext:
             e.step: e.data for e in self.journal if e.playbook == self.index and e.phase == "done"
         }
 
-    async def note(self, step: str, phase: str, data: JsonValue = None) -> None:
+    async def note(
+        self, step: str, phase: str, data: JsonValue = None, *, sealed: bool = False
+    ) -> None:
+        """Journal a step boundary; secrets are masked (sealed data is ciphertext already)."""
+        if not sealed:
+            data = self.services.redact.tree(data)
         entry = JournalEntry(time.time(), self.worker, self.index, step, phase, data)
         self.journal.append(entry)
         if not self.dry_run:
@@ -87,7 +92,10 @@ class RunContext:
             await self.note(name, "failed", f"{type(exc).__name__}: {exc}"[:500])
             raise
         # The action's result is JSON by contract (see the docstring); the type cannot say so.
-        await self.note(name, "done", self._seal(value) if secret else cast("JsonValue", value))
+        if secret:
+            await self.note(name, "done", self._seal(value), sealed=True)
+        else:
+            await self.note(name, "done", cast("JsonValue", value))
         return value
 
     def _seal(self, value: Any) -> str:

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from bot.chat.models import Notification, Severity
 from bot.models import Change, Plan
 from playbooks.base import Playbook, RunContext
 
@@ -32,7 +33,20 @@ class Notify(Playbook[NotifyParams]):
                 params.message,
                 extra={"site": ctx.site, "run": ctx.run_id},
             )
-            return "logged"
+            notifications = ctx.services.notifications
+            if not notifications.enabled:
+                return "logged"
+            results = await notifications.send(
+                Notification(
+                    severity=Severity(params.severity),
+                    title=f"{ctx.site}: {params.message[:120]}",
+                    site=ctx.site,
+                    summary=params.message,
+                    run_url=notifications.run_url(ctx.site, ctx.run_id),
+                )
+            )
+            delivered = sum(r.delivered for r in results)
+            return f"logged; delivered to {delivered} of {len(results)} channel(s)"
 
         return await ctx.step("send", send)
 

@@ -96,3 +96,28 @@ async def test_history_merges_sites_newest_first(services: Services) -> None:
         await services.state.record(rec, None, False)
     assert [r.run_id for r in await services.state.history(limit=3)] == ["r3", "r2", "r1"]
     assert [r.run_id for r in await services.state.history("a")] == ["r2", "r0"]
+
+
+def test_keys_that_are_written_together_share_a_cluster_slot() -> None:
+    from redis.crc import key_slot
+
+    from bot.keys import Keys
+
+    keys = Keys("tw")
+    site = {
+        key_slot(k.encode())
+        for k in (
+            keys.state("home"),
+            keys.lock("home"),
+            keys.done("home", "ip.changed:home:v4:1"),
+            keys.history("home"),
+            keys.run("home", "r1"),
+            keys.journal("home", "r1"),
+            keys.active("home"),
+            keys.changes("home"),
+        )
+    }
+    assert len(site) == 1
+    queue = {key_slot(k.encode()) for k in (keys.stream, keys.dead, keys.errors, keys.workers)}
+    assert len(queue) == 1
+    assert key_slot(keys.state("home").encode()) != key_slot(keys.state("office").encode())

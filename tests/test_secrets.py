@@ -1,0 +1,116 @@
+"""Secrets never appear in logs, dead letters, history or chat messages."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from pathlib import Path
+
+from aiohttp import web
+from cryptography.fernet import Fernet
+
+from bot.events import Event
+from bot.services import Services
+from tests.conftest import start_worker
+from tests.helpers import eventually
+
+CONFIG = """
+[worker]
+visibility_timeout = 0.5
+reclaim_interval = 0.1
+max_deliveries = 2
+block_ms = 100
+
+[[notify]]
+kind = "webhook"
+url_env = "HOOK_URL"
+"""
+
+
+async def test_a_secret_in_errors_is_masked_everywhere(
+    services: Services,
+    redis_url: str,
+    prefix: str,
+    tmp_path: Path,
+    procs: list[subprocess.Popen[bytes]],
+) -> None:
+    secret = Fernet.generate_key().decode()  # the journal key: a configured secret
+    received: list[bytes] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.read())
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hook/{token}", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    hook_url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook/tok-0123456789abcdef"
+    config = tmp_path / "tw.toml"
+    config.write_text(CONFIG)
+    try:
+        poison = Event.new("test.fail", "home", source="test", data={"message": f"boom {secret}"})
+        await services.queue.publish(poison)
+        asked = Event.new(
+            "playbook.requested",
+            "home",
+            source="test",
+            data={"playbook": f"x{secret}", "params": {}},
+        )
+        await services.queue.publish(asked)
+        chat = Event.new(
+            "playbook.requested",
+            "home",
+            source="test",
+            data={"playbook": "notify", "params": {"message": f"key is {secret}"}},
+        )
+        await services.queue.publish(chat)
+        worker = start_worker(
+            procs,
+            config,
+            redis_url,
+            prefix,
+            "w",
+            capture_logs=True,
+            TUNNELWARDEN_SECURITY__JOURNAL_KEY=secret,
+            HOOK_URL=hook_url,
+        )
+        dead = await eventually(lambda: services.queue.dead_letters(), within=20)
+        records = await eventually(lambda: _two(services), within=20)
+        await eventually(lambda: _some(received), within=10)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(20) == 0
+        logs = (worker.stderr.read() if worker.stderr else b"").decode()
+    finally:
+        await runner.cleanup()
+
+    assert "RuntimeError: boom ***" in dead[0].reason
+    failed = next(r for r in records if r.outcome == "failed")
+    assert failed.playbooks[0].error_code == "UnknownPlaybook"
+    assert "unknown playbook 'x***'" in (failed.playbooks[0].error or "")
+    message = json.loads(received[0])
+    assert message["summary"] == "key is [REDACTED]"
+    assert "boom ***" in logs
+    everything = (
+        logs
+        + dead[0].reason
+        + json.dumps(dead[0].raw)
+        + json.dumps([r.model_dump() for r in records])
+    )
+    journals = [await services.state.journal("home", r.run_id) for r in records]
+    everything += json.dumps([[e.__dict__ for e in j] for j in journals])
+    assert secret not in everything
+    assert secret not in received[0].decode()
+    assert "tok-0123456789abcdef" not in logs, "the webhook URL's token leaked into the logs"
+
+
+async def _two(services: Services) -> list:  # type: ignore[type-arg]
+    records = await services.state.history("home", 10)
+    return records if len(records) >= 2 else []
+
+
+async def _some(items: list[bytes]) -> bool:
+    return bool(items)
