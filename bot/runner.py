@@ -82,10 +82,9 @@ class Runner:
             if await state.is_done(site, event.idempotency_key) is not None:
                 return None
             started = time.time()
-            attempt = await state.begin_run(
+            attempt, journal = await state.begin_run(
                 site, event.id, self.worker, {"event_type": event.type, "reason": decision.reason}
             )
-            journal = await state.journal(site, event.id)
             if attempt > 1:
                 entry = JournalEntry(started, self.worker, -1, ":run", "resumed", attempt)
                 await state.journal_append(site, event.id, entry)

@@ -19,7 +19,7 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.lock import Lock
-from redis.exceptions import LockError, WatchError
+from redis.exceptions import LockError
 from redis.typing import EncodableT, FieldT
 
 from bot.keys import Keys
@@ -126,6 +126,23 @@ class LeaderLease:
         await self.redis.eval(script, 1, self.key, self.holder)
 
 
+_RECORD = """
+if redis.call('HEXISTS', KEYS[1], 'recorded') == 1 then return false end
+local hid = redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], '*', 'run', ARGV[1])
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'recorded', '1', 'finished_at', ARGV[3],
+           'record', ARGV[1], 'history_id', hid)
+redis.call('SREM', KEYS[6], ARGV[6])
+redis.call('EXPIRE', KEYS[1], ARGV[10])
+redis.call('EXPIRE', KEYS[5], ARGV[10])
+if ARGV[9] == '1' then redis.call('SET', KEYS[3], ARGV[6], 'EX', ARGV[5]) end
+if ARGV[8] == '1' then
+  redis.call('ZADD', KEYS[4], ARGV[7], ARGV[6])
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], 0, tonumber(ARGV[7]) - 86400)
+end
+return hid
+"""
+
+
 class StateStore:
     def __init__(
         self, redis: Redis, keys: Keys, *, history_maxlen: int = 1000, done_ttl: int = 604800
@@ -134,6 +151,8 @@ class StateStore:
         self.keys = keys
         self.history_maxlen = history_maxlen
         self.done_ttl = done_ttl
+        self._record_script = redis.register_script(_RECORD)
+        self._seen_sites: set[str] = set()
 
     # --- site state -------------------------------------------------------------------
     async def site_state(self, site: str) -> dict[str, str]:
@@ -163,17 +182,40 @@ class StateStore:
         return LeaderLease(self.redis, self.keys.leader(role), ttl)
 
     # --- runs and journal ---------------------------------------------------------------
-    async def begin_run(self, site: str, run_id: str, worker: str, meta: dict[str, str]) -> int:
-        """Mark the run started (again); return the attempt number (1 = first)."""
+    async def begin_run(
+        self, site: str, run_id: str, worker: str, meta: dict[str, str]
+    ) -> tuple[int, list[JournalEntry]]:
+        """Mark the run started (again): the attempt number (1 = first) and its journal so far."""
+        await self._know_site(site)
         key = self.keys.run(site, run_id)
         pipe = self.redis.pipeline(transaction=True)
         pipe.hincrby(key, "attempt", 1)
         pipe.hsetnx(key, "started_at", f"{time.time():.3f}")
         pipe.hset(key, mapping=_wire({"status": "running", "worker": worker, **meta}))
         pipe.sadd(self.keys.active(site), run_id)
-        pipe.sadd(self.keys.sites, site)
-        attempt, *_ = await pipe.execute()
-        return int(attempt)
+        pipe.lrange(self.keys.journal(site, run_id), 0, -1)
+        attempt, _, _, _, rows = await pipe.execute()
+        return int(attempt), [JournalEntry.from_json(_text(r)) for r in rows]
+
+    async def precheck(self, site: str, key: str) -> tuple[str | None, dict[str, str], int]:
+        """What a handler needs, in one round trip: who handled ``key`` (if anyone), the
+        site's state, and its changes in the last hour."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.get(self.keys.done(site, key))
+        pipe.hgetall(self.keys.state(site))
+        pipe.zcount(self.keys.changes(site), time.time() - 3600, "+inf")
+        done, state, changes = await pipe.execute()
+        return (
+            None if done is None else _text(done),
+            {_text(k): _text(v) for k, v in state.items()},
+            int(changes),
+        )
+
+    async def _know_site(self, site: str) -> None:
+        """Add the site to the set of sites (another hash slot, so never inside a MULTI)."""
+        if site not in self._seen_sites:
+            await self.redis.sadd(self.keys.sites, site)
+            self._seen_sites.add(site)
 
     async def run_info(self, site: str, run_id: str) -> dict[str, str]:
         raw = await self.redis.hgetall(self.keys.run(site, run_id))
@@ -207,52 +249,38 @@ class StateStore:
         return sorted(_text(r) for r in await self.redis.smembers(self.keys.active(site)))
 
     async def record(self, record: RunRecord, done_key: str | None, changed: bool) -> str | None:
-        """Record a finished run once: status, idempotency key and history, atomically.
+        """Record a finished run once: status, idempotency key and history, atomically (one
+        script on the site's hash slot).
 
         Returns the history id, or None if the run was already recorded (a resumed run whose
         first holder recorded it just before dying).
         """
         site, run_id = record.site, record.run_id
-        run_key = self.keys.run(site, run_id)
-        await self.redis.sadd(self.keys.sites, site)  # another hash slot: not in the MULTI
-        # WATCH makes the check-then-write atomic against a concurrent recorder.
-        async with self.redis.pipeline(transaction=True) as pipe:
-            await pipe.watch(run_key)
-            if await pipe.hget(run_key, "recorded") is not None:
-                await pipe.unwatch()  # type: ignore[no-untyped-call]
-                return None
-            pipe.multi()  # type: ignore[no-untyped-call]
-            pipe.xadd(
+        await self._know_site(site)
+        now = time.time()
+        history_id = await self._record_script(
+            keys=[
+                self.keys.run(site, run_id),
                 self.keys.history(site),
-                {"run": record.model_dump_json()},
-                maxlen=self.history_maxlen,
-                approximate=False,
-            )
-            pipe.hset(
-                run_key,
-                mapping={
-                    "status": record.outcome,
-                    "recorded": "1",
-                    "finished_at": str(time.time()),
-                    "record": record.model_dump_json(),
-                },
-            )
-            pipe.srem(self.keys.active(site), run_id)
-            journal_ttl = max(self.done_ttl, 86400)
-            pipe.expire(run_key, journal_ttl)
-            pipe.expire(self.keys.journal(site, run_id), journal_ttl)
-            if done_key:
-                pipe.set(self.keys.done(site, done_key), run_id, ex=self.done_ttl)
-            if changed:
-                pipe.zadd(self.keys.changes(site), {run_id: time.time()})
-                pipe.zremrangebyscore(self.keys.changes(site), 0, time.time() - 86400)
-            try:
-                results = await pipe.execute()
-            except WatchError:  # another worker recorded this run between our check and write
-                return None
-        history_id = _text(results[0])
-        await self.redis.hset(run_key, "history_id", history_id)
-        return history_id
+                self.keys.done(site, done_key or "-"),
+                self.keys.changes(site),
+                self.keys.journal(site, run_id),
+                self.keys.active(site),
+            ],
+            args=[
+                record.model_dump_json(),
+                record.outcome,
+                f"{now:.3f}",
+                self.history_maxlen,
+                self.done_ttl,
+                run_id,
+                f"{now:.3f}",
+                int(changed),
+                int(bool(done_key)),
+                max(self.done_ttl, 86400),
+            ],
+        )
+        return None if history_id is None else _text(history_id)
 
     async def changes_since(self, site: str, seconds: float) -> int:
         return int(await self.redis.zcount(self.keys.changes(site), time.time() - seconds, "+inf"))

@@ -202,7 +202,7 @@ class Worker:
             await self._dead_letter(delivery, f"{event.type}: {describe(exc)}")
             return
         extra = {"event": event.id, "type": event.type, "site": event.site}
-        handled_by = await state.is_done(event.site, event.idempotency_key)
+        handled_by, site_state, changes = await state.precheck(event.site, event.idempotency_key)
         if handled_by is not None:
             metrics.duplicates.inc()
             log.info("duplicate of handled key %s", event.idempotency_key, extra=extra)
@@ -214,8 +214,8 @@ class Worker:
             site=event.site,
             config=settings.sites.get(event.site),
             policy=settings.policy_for(event.site),
-            state=await state.site_state(event.site),
-            changes_last_hour=await state.changes_since(event.site, 3600),
+            state=site_state,
+            changes_last_hour=changes,
         )
         decision = await handler.decide(event, data, view)
         if not decision.playbooks:
@@ -243,14 +243,14 @@ class Worker:
             updates = handler.remember(event, data, record)
             if updates:
                 await state.set_site_state(event.site, updates)
-        if await state.notified(event.site, record.run_id):
-            return
         notifications = self.services.notifications
-        if handler.describe is not None and notifications.enabled:
-            url = notifications.run_url(event.site, record.run_id)
-            message = handler.describe(event, data, record, url)
-            if message is not None:
-                await notifications.send(message)
+        if handler.describe is None or not notifications.enabled:
+            return
+        url = notifications.run_url(event.site, record.run_id)
+        message = handler.describe(event, data, record, url)
+        if message is None or await state.notified(event.site, record.run_id):
+            return
+        await notifications.send(message)
         await state.mark_notified(event.site, record.run_id)
 
     async def _follow_up_once(self, handler: Handler, event: Event, data: Any, run_id: str) -> None:
