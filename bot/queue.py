@@ -118,7 +118,11 @@ class EventQueue:
                 out.append(Delivery(_text(entry_id), _fields(fields)))
         return out
 
-    async def ack(self, entry_id: str) -> None:
+    async def ack(self, entry_id: str, *, forget_error: bool = True) -> None:
+        """Acknowledge; ``forget_error=False`` on a first delivery, which cannot have one."""
+        if not forget_error:
+            await self.redis.xack(self.keys.stream, self.keys.group, entry_id)
+            return
         pipe = self.redis.pipeline(transaction=True)
         pipe.xack(self.keys.stream, self.keys.group, entry_id)
         pipe.hdel(self.keys.errors, entry_id)

@@ -16,7 +16,7 @@ from bot.events import Event
 from bot.models import Decision, Outcome, Plan, PlaybookCall, PlaybookResult, RunRecord
 from bot.retry import PermanentError, TransientError, describe_error, retrying
 from bot.services import Services
-from bot.state import JournalEntry, LockLost, SiteLock
+from bot.state import Begun, JournalEntry, LockLost, SiteLock, poll_until
 from playbooks.base import Playbook, RunContext
 
 log = logging.getLogger("tunnelwarden.runner")
@@ -76,24 +76,36 @@ class Runner:
         policy = self.services.settings.policy_for(site)
         state = self.services.state
         lock = state.site_lock(site, policy.lock_ttl, policy.lock_wait)
-        if not await lock.acquire():
-            raise TransientError(f"site {site} stayed locked for {policy.lock_wait:.0f}s")
-        try:
-            if await state.is_done(site, event.idempotency_key) is not None:
-                return None
-            started = time.time()
-            attempt, journal = await state.begin_run(
-                site, event.id, self.worker, {"event_type": event.type, "reason": decision.reason}
+        meta = {"event_type": event.type, "reason": decision.reason}
+        begun = Begun("locked")
+
+        async def begin() -> bool:
+            nonlocal begun
+            begun = await state.begin(
+                lock, site, event.id, self.worker, meta, event.idempotency_key
             )
-            if attempt > 1:
-                entry = JournalEntry(started, self.worker, -1, ":run", "resumed", attempt)
+            return begun.kind != "locked"
+
+        if not await poll_until(begin, policy.lock_wait):
+            raise TransientError(f"site {site} stayed locked for {policy.lock_wait:.0f}s")
+        if begun.kind == "done":
+            return None
+        lock.start_renewing()
+        try:
+            started = time.time()
+            journal = begun.journal
+            if begun.attempt > 1:
+                entry = JournalEntry(started, self.worker, -1, ":run", "resumed", begun.attempt)
                 await state.journal_append(site, event.id, entry)
                 journal.append(entry)
-                log.info("resuming run %s (attempt %d)", event.id, attempt, extra={"site": site})
+                log.info(
+                    "resuming run %s (attempt %d)", event.id, begun.attempt, extra={"site": site}
+                )
             results, ok = await self._run_chain(
                 event, decision.playbooks, journal, lock, itertools.count()
             )
-            return await self._record(event, decision, results, ok, attempt, started)
+            await lock.stop_renewing()  # the record releases the lock with the same write
+            return await self._record(event, decision, results, ok, begun.attempt, started, lock)
         finally:
             await lock.release()
 
@@ -137,7 +149,6 @@ class Runner:
     async def _run_one(self, ctx: RunContext, call: PlaybookCall) -> PlaybookResult:
         started = time.monotonic()
         metrics = self.services.metrics
-        await ctx.note(PLAYBOOK_STEP, "start", call.name)
         try:
             playbook = self.playbook(call.name)
             params = playbook.parse(dict(call.params))
@@ -167,7 +178,8 @@ class Runner:
             )
         result.duration_s = round(time.monotonic() - started, 4)
         result = PlaybookResult.model_validate(self.redact.tree(result.model_dump(mode="json")))
-        await ctx.note(PLAYBOOK_STEP, "done", result.model_dump(mode="json"))
+        if result.outcome != "no_changes":  # a converged target is simply planned again
+            await ctx.note(PLAYBOOK_STEP, "done", result.model_dump(mode="json"))
         metrics.runs.labels(call.name, result.outcome).inc()
         metrics.run_duration.labels(call.name).observe(result.duration_s)
         return result
@@ -181,6 +193,7 @@ class Runner:
                 plan = await playbook.plan(ctx, params)
         if plan.converged and not resumed:
             return "no_changes", "no changes", []
+        await ctx.note(PLAYBOOK_STEP, "start", playbook.name)
         detail = await playbook.apply(ctx, params, plan)
         problem = await playbook.verify(ctx, params)
         if problem:
@@ -195,12 +208,13 @@ class Runner:
         ok: bool,
         attempt: int,
         started: float,
+        lock: SiteLock,
     ) -> RunRecord:
         outcome = aggregate(results, ok)
         record = self._record_of(event, decision, outcome, results, attempt, started)
         done_key = event.idempotency_key if outcome in ("ok", "no_changes") else None
         changed = any(r.outcome == "ok" and r.changes for r in results)
-        await self.services.state.record(record, done_key, changed)
+        await self.services.state.record(record, done_key, changed, lock)
         return record
 
     async def record_skip(self, event: Event, decision: Decision) -> RunRecord:

@@ -14,12 +14,11 @@ import contextlib
 import json
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 from redis.asyncio import Redis
-from redis.asyncio.lock import Lock
-from redis.exceptions import LockError
 from redis.typing import EncodableT, FieldT
 
 from bot.keys import Keys
@@ -56,44 +55,90 @@ class LockLost(RuntimeError):
     """The site lock expired or was taken while we held it: stop changing the site."""
 
 
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
 class SiteLock:
     """The site's exclusive lock, renewed in the background while the run goes on.
 
     A run that outlives the TTL keeps the lock as long as its process lives; a crashed holder
-    stops renewing and the lock expires after ``ttl`` seconds.
+    stops renewing and the lock expires after ``ttl`` seconds. The lock holds a random token,
+    so only its holder can renew or release it.
     """
 
-    def __init__(self, redis: Redis, name: str, ttl: float, wait: float) -> None:
-        self._lock = Lock(redis, name, timeout=ttl, blocking_timeout=wait, thread_local=False)
-        self.name = name
+    def __init__(self, redis: Redis, key: str, ttl: float, wait: float) -> None:
+        self.redis = redis
+        self.key = key
         self.ttl = ttl
-        self._renewer: asyncio.Task[None] | None = None
+        self.wait = wait
+        self.token = uuid.uuid4().hex
         self.lost = asyncio.Event()
+        self.held = False
+        self._renewer: asyncio.Task[None] | None = None
+
+    @property
+    def ttl_ms(self) -> int:
+        return max(1, int(self.ttl * 1000))
 
     async def acquire(self) -> bool:
-        if not await self._lock.acquire():
+        """Wait up to ``wait`` seconds for the lock; renew it from then on."""
+
+        async def take() -> bool:
+            return bool(await self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms))
+
+        if not await poll_until(take, self.wait):
             return False
-        self._renewer = asyncio.create_task(self._renew(), name=f"renew {self.name}")
+        self.start_renewing()
         return True
+
+    def start_renewing(self) -> None:
+        self.held = True
+        self._renewer = asyncio.create_task(self._renew(), name=f"renew {self.key}")
+
+    async def stop_renewing(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+            self._renewer = None
 
     async def _renew(self) -> None:
         while True:
             await asyncio.sleep(self.ttl / 3)
             try:
-                await self._lock.reacquire()
-            except LockError:
-                self.lost.set()
-                return
+                ours = await self.redis.eval(_RENEW, 1, self.key, self.token, self.ttl_ms)
             except Exception:  # a blip in Redis: try again next round; expiry is the backstop
                 continue
+            if not ours:
+                self.lost.set()
+                return
 
     async def release(self) -> None:
-        if self._renewer is not None:
-            self._renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewer
-        with contextlib.suppress(LockError):
-            await self._lock.release()
+        await self.stop_renewing()
+        if self.held:
+            self.held = False
+            with contextlib.suppress(Exception):  # expiry is the backstop
+                await self.redis.eval(_RELEASE, 1, self.key, self.token)
+
+
+async def poll_until(attempt: Callable[[], Awaitable[bool]], wait: float) -> bool:
+    """Try ``attempt`` until it succeeds or ``wait`` seconds pass (backing off to 0.5 s)."""
+    deadline = time.monotonic() + wait
+    delay = 0.01
+    while True:
+        if await attempt():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 2, 0.5)
 
 
 @dataclass
@@ -139,8 +184,30 @@ if ARGV[8] == '1' then
   redis.call('ZADD', KEYS[4], ARGV[7], ARGV[6])
   redis.call('ZREMRANGEBYSCORE', KEYS[4], 0, tonumber(ARGV[7]) - 86400)
 end
+if KEYS[7] and redis.call('GET', KEYS[7]) == ARGV[11] then redis.call('DEL', KEYS[7]) end
 return hid
 """
+
+
+_BEGIN = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return {'locked'} end
+if redis.call('EXISTS', KEYS[2]) == 1 then return {'done'} end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local attempt = redis.call('HINCRBY', KEYS[3], 'attempt', 1)
+redis.call('HSETNX', KEYS[3], 'started_at', ARGV[3])
+redis.call('HSET', KEYS[3], 'status', 'running', 'worker', ARGV[4], 'event_type', ARGV[5],
+           'reason', ARGV[6])
+redis.call('SADD', KEYS[4], ARGV[7])
+return {'started', attempt, redis.call('LRANGE', KEYS[5], 0, -1)}
+"""
+
+
+@dataclass(frozen=True)
+class Begun:
+    kind: str  # started | locked | done
+    attempt: int = 0
+    journal: list[JournalEntry] = field(default_factory=list)
 
 
 class StateStore:
@@ -152,6 +219,7 @@ class StateStore:
         self.history_maxlen = history_maxlen
         self.done_ttl = done_ttl
         self._record_script = redis.register_script(_RECORD)
+        self._begin_script = redis.register_script(_BEGIN)
         self._seen_sites: set[str] = set()
 
     # --- site state -------------------------------------------------------------------
@@ -182,20 +250,44 @@ class StateStore:
         return LeaderLease(self.redis, self.keys.leader(role), ttl)
 
     # --- runs and journal ---------------------------------------------------------------
-    async def begin_run(
-        self, site: str, run_id: str, worker: str, meta: dict[str, str]
-    ) -> tuple[int, list[JournalEntry]]:
-        """Mark the run started (again): the attempt number (1 = first) and its journal so far."""
+    async def begin(
+        self,
+        lock: SiteLock,
+        site: str,
+        run_id: str,
+        worker: str,
+        meta: dict[str, str],
+        done_key: str,
+    ) -> Begun:
+        """Take the site lock and mark the run started, in one step on the site's slot.
+
+        ``locked``: someone else holds the site; ``done``: a run already handled ``done_key``;
+        ``started``: the lock is ours, with the attempt number and the run's journal so far.
+        """
         await self._know_site(site)
-        key = self.keys.run(site, run_id)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hincrby(key, "attempt", 1)
-        pipe.hsetnx(key, "started_at", f"{time.time():.3f}")
-        pipe.hset(key, mapping=_wire({"status": "running", "worker": worker, **meta}))
-        pipe.sadd(self.keys.active(site), run_id)
-        pipe.lrange(self.keys.journal(site, run_id), 0, -1)
-        attempt, _, _, _, rows = await pipe.execute()
-        return int(attempt), [JournalEntry.from_json(_text(r)) for r in rows]
+        reply = await self._begin_script(
+            keys=[
+                lock.key,
+                self.keys.done(site, done_key),
+                self.keys.run(site, run_id),
+                self.keys.active(site),
+                self.keys.journal(site, run_id),
+            ],
+            args=[
+                lock.token,
+                lock.ttl_ms,
+                f"{time.time():.3f}",
+                worker,
+                meta.get("event_type", ""),
+                meta.get("reason", ""),
+                run_id,
+            ],
+        )
+        kind = _text(reply[0])
+        if kind != "started":
+            return Begun(kind)
+        journal = [JournalEntry.from_json(_text(r)) for r in reply[2]]
+        return Begun(kind, int(reply[1]), journal)
 
     async def precheck(self, site: str, key: str) -> tuple[str | None, dict[str, str], int]:
         """What a handler needs, in one round trip: who handled ``key`` (if anyone), the
@@ -248,7 +340,13 @@ class StateStore:
     async def active_runs(self, site: str) -> list[str]:
         return sorted(_text(r) for r in await self.redis.smembers(self.keys.active(site)))
 
-    async def record(self, record: RunRecord, done_key: str | None, changed: bool) -> str | None:
+    async def record(
+        self,
+        record: RunRecord,
+        done_key: str | None,
+        changed: bool,
+        lock: SiteLock | None = None,
+    ) -> str | None:
         """Record a finished run once: status, idempotency key and history, atomically (one
         script on the site's hash slot).
 
@@ -266,6 +364,7 @@ class StateStore:
                 self.keys.changes(site),
                 self.keys.journal(site, run_id),
                 self.keys.active(site),
+                *([lock.key] if lock else []),
             ],
             args=[
                 record.model_dump_json(),
@@ -278,8 +377,11 @@ class StateStore:
                 int(changed),
                 int(bool(done_key)),
                 max(self.done_ttl, 86400),
+                lock.token if lock else "",
             ],
         )
+        if lock is not None:
+            lock.held = False  # the script released it (or it was no longer ours)
         return None if history_id is None else _text(history_id)
 
     async def changes_since(self, site: str, seconds: float) -> int:

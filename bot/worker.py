@@ -220,19 +220,26 @@ class Worker:
         decision = await handler.decide(event, data, view)
         if not decision.playbooks:
             record: RunRecord | None = await self.runner.record_skip(event, decision)
-            log.info("skipped: %s", decision.reason, extra=extra)
+            log.debug("skipped: %s", decision.reason, extra=extra)
         else:
             names = [c.name for c in decision.playbooks]
-            log.info("decided %s: %s", names, decision.reason or event.type, extra=extra)
+            log.debug("decided %s: %s", names, decision.reason or event.type, extra=extra)
             record = await self.runner.execute(event, decision)
         if record is None:
             metrics.duplicates.inc()
         else:
-            log.info(
-                "run %s: %s in %.2fs", record.run_id, record.outcome, record.duration_s, extra=extra
+            # A converged target is the steady state: not worth a line each time at INFO.
+            level = logging.DEBUG if record.outcome in ("no_changes", "skipped") else logging.INFO
+            log.log(
+                level,
+                "run %s: %s in %.2fs",
+                record.run_id,
+                record.outcome,
+                record.duration_s,
+                extra=extra,
             )
             await self._follow_up(handler, event, data, record)
-        await queue.ack(delivery.entry_id)
+        await queue.ack(delivery.entry_id, forget_error=delivery.deliveries > 1)
 
     async def _follow_up(
         self, handler: Handler, event: Event, data: Any, record: RunRecord

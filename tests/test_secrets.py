@@ -82,8 +82,13 @@ async def test_a_secret_in_errors_is_masked_everywhere(
         records = await eventually(lambda: _two(services), within=20)
         await eventually(lambda: _some(received), within=10)
         worker.send_signal(signal.SIGTERM)
-        assert worker.wait(20) == 0
+        try:
+            code = worker.wait(20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            code = worker.wait()
         logs = (worker.stderr.read() if worker.stderr else b"").decode()
+        assert code == 0, logs[-3000:]
     finally:
         await runner.cleanup()
 

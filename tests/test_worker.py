@@ -167,6 +167,7 @@ async def test_lock_serialises_a_site_while_sites_run_in_parallel(
     alpha = sorted(await services.state.history("alpha", 10), key=lambda r: r.started_at)
     beta = (await services.state.history("beta", 10))[0]
     assert len(alpha) == 3
+    assert not await services.redis.exists(services.keys.lock("alpha")), "lock left behind"
     for earlier, later in itertools.pairwise(alpha):
         assert later.started_at >= earlier.finished_at, "two runs held site alpha at once"
     assert any(
