@@ -1,10 +1,11 @@
 """Everything the bot remembers, in Redis: site state, handled keys, runs, journal, history.
 
 A run is the handling of one event (its id is the event id). Its journal is an append-only
-list of step records; a worker that takes over an event reads it to resume. Recording the
-result is one MULTI on the site's hash slot: the run's final status, the idempotency key and
-the history entry appear together or not at all, so a crash can never leave a run recorded
-twice or half-recorded.
+list of step records; a worker that takes over an event reads it to resume. Starting a run
+(site lock, "already handled?", attempt count, journal so far) and recording its result (final
+status, idempotency key, history entry, lock release) are each one script on the site's hash
+slot: they happen together or not at all, so a crash can never leave a run recorded twice or
+half-recorded, and a converged event costs four round trips (read, start, record, ack).
 """
 
 from __future__ import annotations
