@@ -117,7 +117,7 @@ class RedisConfig(Section):
 
 class WorkerConfig(Section):
     name: str = Field("", description="consumer name; default host-pid")
-    concurrency: int = Field(4, ge=1, le=256)
+    concurrency: int = Field(10, ge=1, le=256)
     visibility_timeout: float = Field(
         30.0, gt=0, description="seconds an unacknowledged entry of a silent worker waits"
     )

@@ -118,15 +118,15 @@ class EventQueue:
                 out.append(Delivery(_text(entry_id), _fields(fields)))
         return out
 
-    async def ack(self, entry_id: str, *, forget_error: bool = True) -> None:
-        """Acknowledge; ``forget_error=False`` on a first delivery, which cannot have one."""
-        if not forget_error:
-            await self.redis.xack(self.keys.stream, self.keys.group, entry_id)
-            return
+    async def ack(self, entry_id: str) -> None:
+        """Acknowledge, and forget any error an earlier delivery noted."""
         pipe = self.redis.pipeline(transaction=True)
         pipe.xack(self.keys.stream, self.keys.group, entry_id)
         pipe.hdel(self.keys.errors, entry_id)
         await pipe.execute()
+
+    async def ack_many(self, entry_ids: list[str]) -> None:
+        await self.redis.xack(self.keys.stream, self.keys.group, *entry_ids)
 
     async def touch(self, consumer: str, entry_ids: list[str]) -> None:
         """Reset the idle time of entries still being worked on, so nobody reclaims them."""

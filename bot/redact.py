@@ -9,15 +9,17 @@ from typing import Any
 MASK = "***"
 # Shapes of secrets we may not have been told about: credentials in URLs, bearer tokens,
 # key=value pairs whose key names a secret.
-_PATTERNS = [
-    re.compile(r"(?P<keep>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+(?=@)", re.I),
-    re.compile(r"(?P<keep>\bBearer\s+)[A-Za-z0-9._~+/=-]+", re.I),
-    re.compile(
-        r"(?P<keep>\b(?:password|passwd|pwd|secret|token|shared_?key|sharedKey|sig|api_?key)"
-        r"[\"']?\s*[=:]\s*[\"']?)[^\s\"'&,;}]+",
-        re.I,
-    ),
-]
+_SHAPES = re.compile(
+    r"(?P<url>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+(?=@)"
+    r"|(?P<bearer>\bBearer\s+)[A-Za-z0-9._~+/=-]+"
+    r"|(?P<pair>\b(?:password|passwd|pwd|secret|token|shared_?key|sharedKey|sig|api_?key)"
+    r"[\"']?\s*[=:]\s*[\"']?)[^\s\"'&,;}]+",
+    re.I,
+)
+
+
+def _keep(match: re.Match[str]) -> str:
+    return (match.group("url") or match.group("bearer") or match.group("pair")) + MASK
 
 
 class Redactor:
@@ -33,10 +35,9 @@ class Redactor:
 
     def __call__(self, text: str) -> str:
         for secret in self.secrets:
-            text = text.replace(secret, MASK)
-        for pattern in _PATTERNS:
-            text = pattern.sub(lambda m: m.group("keep") + MASK, text)
-        return text
+            if secret in text:
+                text = text.replace(secret, MASK)
+        return _SHAPES.sub(_keep, text)
 
     def tree(self, value: Any) -> Any:
         """The same JSON-like structure with every string redacted."""

@@ -8,13 +8,16 @@ far side is honoured as the minimum wait.
 
 from __future__ import annotations
 
+import asyncio
 import sys
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from tenacity.stop import stop_after_delay, stop_base
 from tenacity.wait import wait_exponential_jitter
 
+T = TypeVar("T")
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 # ARM error codes that mean "later", whatever the status (409 for a resource that is busy).
 TRANSIENT_CODES = frozenset({"AnotherOperationInProgress", "RetryableError"})
@@ -107,6 +110,25 @@ def retrying(attempts: int, max_delay: float, deadline: float | None = None) -> 
         stop=stop,
         reraise=True,
     )
+
+
+async def call_with_retries(
+    action: Callable[[], Awaitable[T]], attempts: int, max_delay: float
+) -> T:
+    """``await action()``; on a transient fault, try again (``retrying``) up to ``attempts``.
+
+    The first call goes straight through: the common case pays nothing for the policy.
+    """
+    try:
+        return await action()
+    except Exception as exc:
+        if attempts <= 1 or not is_transient(exc):
+            raise
+        await asyncio.sleep(min(max(retry_after(exc) or 0.0, 0.5), max_delay))
+    async for attempt in retrying(attempts - 1, max_delay):
+        with attempt:
+            return await action()
+    raise AssertionError("unreachable")  # pragma: no cover - reraise=True
 
 
 def describe_error(exc: BaseException) -> tuple[str, str]:

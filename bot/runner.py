@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from bot.events import Event
-from bot.models import Decision, Outcome, Plan, PlaybookCall, PlaybookResult, RunRecord
-from bot.retry import PermanentError, TransientError, describe_error, retrying
+from bot.models import Change, Decision, Outcome, Plan, PlaybookCall, PlaybookResult, RunRecord
+from bot.retry import PermanentError, TransientError, call_with_retries, describe_error
 from bot.services import Services
 from bot.state import Begun, JournalEntry, LockLost, SiteLock, poll_until
 from playbooks.base import Playbook, RunContext
@@ -65,10 +65,11 @@ class Runner:
         playbook = self.playbook(call.name)
         params = playbook.parse(dict(call.params))
         ctx = self.context(site, "dry-run", 0, [], dry_run=True)
-        async for attempt in retrying(ctx.policy.retry_attempts, ctx.policy.retry_max_delay):
-            with attempt:
-                return await playbook.plan(ctx, params)
-        raise AssertionError("unreachable")  # pragma: no cover
+        return await call_with_retries(
+            lambda: playbook.plan(ctx, params),
+            ctx.policy.retry_attempts,
+            ctx.policy.retry_max_delay,
+        )
 
     async def execute(self, event: Event, decision: Decision) -> RunRecord | None:
         """Run the decision for ``event``; None when another run already handled its key."""
@@ -177,7 +178,7 @@ class Runner:
                 error_code=code,
             )
         result.duration_s = round(time.monotonic() - started, 4)
-        result = PlaybookResult.model_validate(self.redact.tree(result.model_dump(mode="json")))
+        result = self._masked(result)
         if result.outcome != "no_changes":  # a converged target is simply planned again
             await ctx.note(PLAYBOOK_STEP, "done", result.model_dump(mode="json"))
         metrics.runs.labels(call.name, result.outcome).inc()
@@ -188,9 +189,11 @@ class Runner:
         self, ctx: RunContext, playbook: Playbook[Any], params: Any
     ) -> tuple[Outcome, str, list[Any]]:
         resumed = bool(ctx.done_steps())
-        async for attempt in retrying(ctx.policy.retry_attempts, ctx.policy.retry_max_delay):
-            with attempt:
-                plan = await playbook.plan(ctx, params)
+        plan = await call_with_retries(
+            lambda: playbook.plan(ctx, params),
+            ctx.policy.retry_attempts,
+            ctx.policy.retry_max_delay,
+        )
         if plan.converged and not resumed:
             return "no_changes", "no changes", []
         await ctx.note(PLAYBOOK_STEP, "start", playbook.name)
@@ -248,8 +251,26 @@ class Runner:
             finished_at=finished,
             duration_s=round(finished - started, 4),
         )
-        # History outlives everything: no secret goes into it, wherever it came from.
-        return RunRecord.model_validate(self.redact.tree(record.model_dump(mode="json")))
+        record.reason = self.redact(record.reason)  # playbook results are masked already
+        return record
+
+    def _masked(self, result: PlaybookResult) -> PlaybookResult:
+        """History outlives everything: no secret goes into it, wherever it came from."""
+        if result.changes:
+            result.changes = [
+                Change(
+                    target=c.target,
+                    field=c.field,
+                    old=self.redact.tree(c.old),
+                    new=self.redact.tree(c.new),
+                )
+                for c in result.changes
+            ]
+        result.playbook = self.redact(result.playbook)  # a requested name can be anything
+        result.detail = self.redact(result.detail)
+        if result.error:
+            result.error = self.redact(result.error)
+        return result
 
 
 def aggregate(results: list[PlaybookResult], ok: bool) -> Outcome:

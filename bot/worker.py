@@ -51,6 +51,11 @@ class Worker:
         self.inflight: dict[str, asyncio.Task[None]] = {}
         self.last_poll = 0.0
         self.running = False
+        # Acknowledgements of first deliveries, sent together: one round trip for many events.
+        # Safe to delay: an entry acknowledged late is at worst delivered again, and its
+        # recorded run makes that a no-op.
+        self._acks: list[str] = []
+        self._acks_waiting = asyncio.Event()
 
     @property
     def consuming(self) -> bool:
@@ -64,6 +69,7 @@ class Worker:
         log.info("worker %s consuming %s", self.name, self.services.keys.stream)
         keeper = asyncio.create_task(self._keep_alive(stop), name="keep-alive")
         reclaimer = asyncio.create_task(self._reclaim_loop(stop), name="reclaim")
+        acker = asyncio.create_task(self._ack_loop(), name="acks")
         try:
             while not stop.is_set():
                 self.last_poll = time.monotonic()
@@ -76,13 +82,36 @@ class Worker:
         finally:
             self.running = False
             await self._drain()
-            for task in (keeper, reclaimer):
+            for task in (keeper, reclaimer, acker):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             with contextlib.suppress(Exception):
+                await self._flush_acks()
                 await self.services.redis.zrem(self.services.keys.workers, self.name)
             log.info("worker %s stopped", self.name)
+
+    async def _ack_loop(self) -> None:
+        while True:
+            await self._acks_waiting.wait()
+            await asyncio.sleep(0.002)  # let the events handled meanwhile join the batch
+            try:
+                await self._flush_acks()
+            except Exception as exc:  # they stay pending; reclaim and dedup cover it
+                log.warning("acknowledging failed: %s", self.redact(str(exc)))
+
+    async def _flush_acks(self) -> None:
+        batch, self._acks = self._acks, []
+        self._acks_waiting.clear()
+        if batch:
+            await self.services.queue.ack_many(batch)
+
+    async def _ack(self, delivery: Delivery) -> None:
+        if delivery.deliveries > 1:  # it may have left an error note: clear it with the ack
+            await self.services.queue.ack(delivery.entry_id)
+        else:
+            self._acks.append(delivery.entry_id)
+            self._acks_waiting.set()
 
     async def _wait_for_slot(self, stop: asyncio.Event) -> None:
         stopper = asyncio.ensure_future(stop.wait())
@@ -207,7 +236,7 @@ class Worker:
             metrics.duplicates.inc()
             log.info("duplicate of handled key %s", event.idempotency_key, extra=extra)
             await self._follow_up_once(handler, event, data, handled_by)
-            await queue.ack(delivery.entry_id)
+            await self._ack(delivery)
             return
         settings = self.services.settings
         view = SiteView(
@@ -239,7 +268,7 @@ class Worker:
                 extra=extra,
             )
             await self._follow_up(handler, event, data, record)
-        await queue.ack(delivery.entry_id, forget_error=delivery.deliveries > 1)
+        await self._ack(delivery)
 
     async def _follow_up(
         self, handler: Handler, event: Event, data: Any, record: RunRecord

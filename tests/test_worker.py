@@ -37,7 +37,10 @@ async def second_services(services: Services, redis_url: str) -> Services:
     return Services.build(services.settings, Redis.from_url(redis_url))
 
 
-async def test_two_workers_share_the_work(services: Services, redis_url: str) -> None:
+async def test_two_workers_share_the_work(prefix: str, tmp_path: Path, redis_url: str) -> None:
+    # Two events at a time each, so neither can take all eight at once.
+    settings = make_settings(prefix, tmp_path, worker={"concurrency": 2})
+    services = Services.build(settings, Redis.from_url(redis_url))
     other = await second_services(services, redis_url)
     w1, w2 = build_worker(services, "w1"), build_worker(other, "w2")
     sites = [f"site{i}" for i in range(8)]
@@ -55,6 +58,7 @@ async def test_two_workers_share_the_work(services: Services, redis_url: str) ->
     assert all(r.outcome == "ok" for r in records)
     assert (await services.queue.stats())["pending"] == 0
     await other.redis.aclose()
+    await services.redis.aclose()
 
 
 async def _history_if(services: Services, n: int) -> list[RunRecord] | None:
