@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, JsonValue
 
 from bot.config import Policy, SiteConfig
 from bot.models import Plan
-from bot.retry import PermanentError, retrying
+from bot.retry import PermanentError, call_with_retries
 from bot.services import Services
 from bot.state import JournalEntry
 
@@ -85,9 +85,9 @@ class RunContext:
             )
         await self.note(name, "start")
         try:
-            async for attempt in retrying(self.policy.retry_attempts, self.policy.retry_max_delay):
-                with attempt:
-                    value = await action()
+            value = await call_with_retries(
+                action, self.policy.retry_attempts, self.policy.retry_max_delay
+            )
         except Exception as exc:
             await self.note(name, "failed", f"{type(exc).__name__}: {exc}"[:500])
             raise
