@@ -1,0 +1,71 @@
+"""A 50-site tunnelwarden config (TOML) for the latency and footprint benchmarks.
+
+Push passwords come from one environment variable (``password_env``), as the config rules
+require; every address is loopback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.common import SITES
+
+SUB = "00000000-0000-0000-0000-0000000be7c0"
+RG = "rg-bench"
+PASSWORD_ENV = "BENCH_PUSH_PASSWORD"
+PASSWORD = "bench-push-pw-4711"
+
+
+def site_name(s: int) -> str:
+    return f"site{s:02d}"
+
+
+def write_config(
+    path: Path,
+    *,
+    prefix: str,
+    http_port: int,
+    sim_port: int,
+    sites: int = SITES,
+    log_level: str = "INFO",
+) -> Path:
+    lines = [
+        "[redis]",
+        f'prefix = "{prefix}"',
+        f'state_dir = "{path.parent / "state"}"',
+        "",
+        "[policies]",
+        "max_changes_per_hour = 0  # 10 changes per site in one run: lift the hourly limit",
+        "tunnel_timeout = 5",
+        "tunnel_poll = 0.05",
+        "retry_max_delay = 1",
+        "",
+        "[azure]",
+        'cloud = "sim"',
+        f'endpoint = "http://127.0.0.1:{sim_port}"',
+        f'subscription_id = "{SUB}"',
+        "polling_interval = 0",
+        "",
+        "[http]",
+        'host = "127.0.0.1"',
+        f"port = {http_port}",
+        "",
+        "[log]",
+        f'level = "{log_level}"',
+        'format = "json"',
+    ]
+    for s in range(sites):
+        name = site_name(s)
+        lines += [
+            "",
+            f"[sites.{name}]",
+            f'resource_group = "{RG}"',
+            f'local_network_gateway = "lng-{name}"',
+            f'connection = "conn-{name}"',
+            f"[sites.{name}.push]",
+            f'hostname = "{name}.bench.example"',
+            f'username = "{name}"',
+            f'password_env = "{PASSWORD_ENV}"',
+        ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
