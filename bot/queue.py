@@ -12,13 +12,15 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
-from redis.typing import EncodableT, FieldT, StreamIdT, StreamRangeResponse
 
 from bot.events import Event
+
+if TYPE_CHECKING:  # redis.typing's names differ between redis-py releases
+    from redis.typing import EncodableT, FieldT, StreamIdT, StreamRangeResponse
 from bot.keys import Keys
 
 EVENT_FIELD = "event"
@@ -67,7 +69,7 @@ def _entries(reply: StreamRangeResponse | None) -> list[RawEntry]:
     return cast("list[RawEntry]", reply)
 
 
-def _wire(fields: dict[str, str]) -> dict[FieldT, EncodableT]:
+def as_fields(fields: dict[str, str]) -> dict[FieldT, EncodableT]:
     """Our text fields as redis-py's field type (a dict's key type is invariant)."""
     return cast("dict[FieldT, EncodableT]", fields)
 
@@ -94,7 +96,7 @@ class EventQueue:
         """Append raw fields (a malformed entry too: the worker dead-letters it, never drops it)."""
         entry_id = await self.redis.xadd(
             self.keys.stream,
-            _wire(fields),
+            as_fields(fields),
             maxlen=self.maxlen,
             approximate=True,
         )
@@ -180,7 +182,7 @@ class EventQueue:
             "raw": json.dumps(delivery.fields),
         }
         pipe = self.redis.pipeline(transaction=True)
-        pipe.xadd(self.keys.dead, _wire(record), maxlen=self.dead_maxlen, approximate=True)
+        pipe.xadd(self.keys.dead, as_fields(record), maxlen=self.dead_maxlen, approximate=True)
         pipe.xack(self.keys.stream, self.keys.group, delivery.entry_id)
         pipe.hdel(self.keys.errors, delivery.entry_id)
         dead_id, *_ = await pipe.execute()

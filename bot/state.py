@@ -20,19 +20,14 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from redis.asyncio import Redis
-from redis.typing import EncodableT, FieldT
 
 from bot.keys import Keys
 from bot.models import RunRecord
+from bot.queue import as_fields
 
 
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-
-
-def _wire(fields: dict[str, str]) -> dict[FieldT, EncodableT]:
-    """Our text fields as redis-py's field type (a dict's key type is invariant)."""
-    return cast("dict[FieldT, EncodableT]", fields)
 
 
 @dataclass(frozen=True)
@@ -230,7 +225,7 @@ class StateStore:
 
     async def set_site_state(self, site: str, values: dict[str, str]) -> None:
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(self.keys.state(site), mapping=_wire(values))
+        pipe.hset(self.keys.state(site), mapping=as_fields(values))
         pipe.sadd(self.keys.sites, site)
         await pipe.execute()
 
