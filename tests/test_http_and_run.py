@@ -13,12 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import tunnelwarden
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.helpers import free_port
 
 
 def get(url: str) -> tuple[int, str]:

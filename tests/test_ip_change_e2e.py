@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,17 +24,11 @@ from bot.services import Services
 from bot.sim.arm import start_arm_sim
 from bot.sim.world import World
 from tests.azure_world import NEW_IP, OLD_IP, azure_settings, world
-from tests.helpers import eventually
+from tests.helpers import eventually, free_port
 from tests.test_azure_playbooks import connections, lng_of
 
 HOST = "home.example.net"
 PASSWORD = "router-push-pw-123"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -22,12 +22,7 @@ from bot.events import Event
 from bot.keys import Keys
 from bot.queue import EventQueue
 from bot.redisconn import from_url, redact_url
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.helpers import free_port
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import subprocess
 import sys
 import time
@@ -43,6 +42,7 @@ from bot.sources.models import (
 from bot.sources.pollers import EchoPoller, FritzPoller, Poller, build_pollers, run_pollers
 from bot.sources.report import IpReporter
 from bot.state import LeaderLease
+from tests.helpers import free_port
 from tests.sources.tr064_responder import Tr064Responder
 
 A = "203.0.113.10"
@@ -307,7 +307,7 @@ async def test_echo_report_failure_is_retried_next_poll(
     farm.answers = {"one": A, "two": A}
     poller = EchoPoller(farm.config(sites=["home"], debounce={"polls": 1}), session, reporter)
     dead = Redis(
-        host="127.0.0.1", port=_free_port(), socket_connect_timeout=0.1, retry=Retry(NoBackoff(), 0)
+        host="127.0.0.1", port=free_port(), socket_connect_timeout=0.1, retry=Retry(NoBackoff(), 0)
     )
     reporter.services = Services.build(services.settings, dead)  # Redis unreachable
     try:
@@ -396,7 +396,7 @@ async def test_fritz_ipv6_and_cgnat(
 async def test_fritz_unreachable_reports_nothing(
     services: Services, reporter: IpReporter, tmp_path: Path
 ) -> None:
-    poller = FritzPoller(fritz_config(_free_port(), tmp_path, timeout_s=0.5), reporter)
+    poller = FritzPoller(fritz_config(free_port(), tmp_path, timeout_s=0.5), reporter)
     try:
         assert await poller.poll() == []
     finally:
@@ -461,14 +461,6 @@ class Probe:
             raise RuntimeError("boom")
 
 
-def _free_port() -> int:
-    """A local port nobody listens on."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
 def _lease(services: Services, ttl: float) -> LeaderLease:
     return services.state.leader_lease("pollers", ttl)
 
@@ -510,7 +502,7 @@ async def test_dead_leader_is_replaced_after_ttl(services: Services) -> None:
     run_a = asyncio.create_task(run_pollers([a], lease_a, stop_a, tick=0.1))
     await asyncio.sleep(0.05)
     run_b = asyncio.create_task(run_pollers([b], lease_b, stop_b, tick=0.1))
-    dead = Redis(host="127.0.0.1", port=_free_port(), socket_connect_timeout=0.05)  # a's Redis
+    dead = Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.05)  # a's Redis
     try:
         await asyncio.sleep(0.3)
         lease_a.redis = dead  # a can neither renew nor release any more
