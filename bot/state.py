@@ -168,6 +168,7 @@ class LeaderLease:
 
 
 _RECORD = """
+if KEYS[7] and redis.call('GET', KEYS[7]) == ARGV[11] then redis.call('DEL', KEYS[7]) end
 if redis.call('HEXISTS', KEYS[1], 'recorded') == 1 then return false end
 local hid = redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], '*', 'run', ARGV[1])
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'recorded', '1', 'finished_at', ARGV[3],
@@ -180,7 +181,6 @@ if ARGV[8] == '1' then
   redis.call('ZADD', KEYS[4], ARGV[7], ARGV[6])
   redis.call('ZREMRANGEBYSCORE', KEYS[4], 0, tonumber(ARGV[7]) - 86400)
 end
-if KEYS[7] and redis.call('GET', KEYS[7]) == ARGV[11] then redis.call('DEL', KEYS[7]) end
 return hid
 """
 

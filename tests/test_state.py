@@ -121,3 +121,26 @@ def test_keys_that_are_written_together_share_a_cluster_slot() -> None:
     queue = {key_slot(k.encode()) for k in (keys.stream, keys.dead, keys.errors, keys.workers)}
     assert len(queue) == 1
     assert key_slot(keys.state("home").encode()) != key_slot(keys.state("office").encode())
+
+
+async def test_recording_releases_the_site_lock_even_when_already_recorded(
+    services: Services,
+) -> None:
+    now = time.time()
+    record = RunRecord(
+        run_id="r9",
+        site="home",
+        event_type="test.noop",
+        event_source="test",
+        idempotency_key="k9",
+        outcome="failed",
+        started_at=now,
+        finished_at=now,
+    )
+    for expected_new in (True, False):
+        lock = services.state.site_lock("home", ttl=30, wait=0)
+        assert await lock.acquire()
+        await lock.stop_renewing()
+        history_id = await services.state.record(record, None, False, lock)
+        assert (history_id is not None) is expected_new
+        assert not await services.redis.exists(services.keys.lock("home")), "lock left held"
