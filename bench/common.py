@@ -24,7 +24,7 @@ from pathlib import Path
 
 import redis
 
-from bot.embedded import find_redis_server
+from bot.embedded import find_redis_server, server_command
 from bot.events import Event
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,23 +71,7 @@ def private_redis() -> Iterator[PrivateRedis]:
     directory = Path(tempfile.mkdtemp(prefix="twbench-"))
     sock = directory / "redis.sock"
     proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            "0",
-            "--unixsocket",
-            str(sock),
-            "--unixsocketperm",
-            "700",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(directory),
-            "--logfile",
-            str(directory / "redis.log"),
-        ],
+        server_command(binary, directory, persist=False),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

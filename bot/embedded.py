@@ -33,6 +33,22 @@ def find_redis_server() -> str | None:
     return shutil.which("redis-server")
 
 
+def server_command(binary: str, directory: Path, *, persist: bool) -> list[str]:
+    """``redis-server`` listening only on ``directory/redis.sock`` (owner-only), no TCP port;
+    with ``persist`` an append-only file in ``directory`` keeps the data across restarts."""
+    return [
+        binary,
+        "--port", "0",
+        "--unixsocket", str(directory / SOCKET_NAME),
+        "--unixsocketperm", "700",
+        "--dir", str(directory),
+        "--appendonly", "yes" if persist else "no",
+        "--save", "",
+        "--daemonize", "no",
+        "--logfile", str(directory / "redis.log"),
+    ]  # fmt: skip
+
+
 class EmbeddedRedis:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir.resolve()
@@ -62,23 +78,7 @@ class EmbeddedRedis:
             raise EmbeddedRedisError(f"state dir path too long for a unix socket: {self.socket}")
         self.socket.unlink(missing_ok=True)
         self._proc = await asyncio.create_subprocess_exec(
-            binary,
-            "--port",
-            "0",
-            "--unixsocket",
-            str(self.socket),
-            "--unixsocketperm",
-            "700",
-            "--dir",
-            str(self.state_dir),
-            "--appendonly",
-            "yes",
-            "--save",
-            "",
-            "--daemonize",
-            "no",
-            "--logfile",
-            str(self.state_dir / "redis.log"),
+            *server_command(binary, self.state_dir, persist=True),
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
         )

