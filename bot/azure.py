@@ -4,9 +4,15 @@ In ``sim`` mode the real ``azure-mgmt-network`` aio client talks to the local AR
 with a fixed token; otherwise ``DefaultAzureCredential`` (managed identity, workload identity,
 environment, Azure CLI) against the public or a sovereign cloud.
 
-Retries have one owner: the SDK's own retry policy is switched off (``retry_total=0``) and
-playbook steps retry transient faults with tenacity, honouring ``Retry-After`` — so a 429
-storm never multiplies into SDK retries times our retries.
+Retries have one owner per layer: azure-core's ``RetryPolicy`` owns HTTP retries (408, 429,
+500, 502, 503, 504 and connection errors, honouring ``Retry-After`` in full; note that it
+re-sends *any* request whose error answer carries ``Retry-After``, and POST/PATCH on
+500/503/504, so a playbook whose repeated action hurts passes per-call settings). Playbook
+code never re-sends a mutating call itself: after a failure it re-reads and re-plans, and a
+reconcile that still fails goes back to the scheduler.
+
+Every mutating request (anything but GET/HEAD) first checks that the run still holds its
+site's lock (``FencePolicy``): a worker that was paused past its lock's TTL makes no write.
 """
 
 from __future__ import annotations
@@ -14,11 +20,24 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from azure.core.pipeline import PipelineRequest, PipelineResponse
+from azure.core.pipeline.policies import AsyncHTTPPolicy
+
 from bot.config import CLOUDS, AzureConfig
+from bot.state import fence_check
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
     from azure.mgmt.network.aio import NetworkManagementClient
+
+
+class FencePolicy(AsyncHTTPPolicy):  # type: ignore[type-arg]
+    """Before a mutating request: is the site still ours? (``LockLost`` otherwise.)"""
+
+    async def send(self, request: PipelineRequest[Any]) -> PipelineResponse[Any, Any]:
+        if request.http_request.method.upper() not in ("GET", "HEAD"):
+            await fence_check()
+        return await self.next.send(request)
 
 
 class AzureClients:
@@ -43,7 +62,10 @@ class AzureClients:
 
             raise PermanentError("azure.subscription_id is not configured", "NotConfigured")
         options: dict[str, Any] = {
-            "retry_total": 0,
+            "retry_total": cfg.retry_total,
+            "retry_backoff_factor": cfg.retry_backoff_factor,
+            "retry_backoff_max": cfg.retry_backoff_max,
+            "per_retry_policies": [FencePolicy()],
             "polling_interval": cfg.polling_interval,
             "connection_timeout": cfg.request_timeout,
             "read_timeout": cfg.request_timeout,

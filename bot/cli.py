@@ -13,10 +13,11 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(sim_app, name="sim")
 
 out = Console(soft_wrap=True)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 @dataclass
@@ -171,29 +172,68 @@ def emit(
     key: Annotated[str | None, typer.Option("--key", help="Idempotency key")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Put an event on the queue, as a source would."""
-    from pydantic import ValidationError
+    """Put an event on the queue, as a source would (checked like every other entry point).
 
-    from bot.events import Event, describe, parse_data
+    ip.changed records the address as the site's observed address (the same checks as a
+    router push) and publishes the hint; other types are published as given."""
+    import handlers
+    from bot.events import Event, parse_data
+    from bot.gate import Refused, event_data
 
+    settings = _settings(ctx)
     try:
         payload = parse_data(data)
+        checked = event_data(settings, handlers.builtin(), type, site, payload)
         event = Event.new(type, site, source="cli", data=payload, idempotency_key=key)
-    except ValidationError as exc:
-        err.print(f"[red]error:[/red] {describe(exc)}", markup=True, highlight=False)
-        raise typer.Exit(2) from None
+    except Refused as exc:
+        _fail(str(exc))
     except ValueError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        _fail(str(exc))
 
-    async def publish(services: Services) -> str:
-        return await services.queue.publish(event)
+    async def publish(services: Services) -> dict[str, Any]:
+        if type == "ip.changed":
+            from bot.sources.report import IpReporter
 
-    entry_id = _with_services(ctx, publish)
+            ip = str(getattr(checked, "ip", ""))
+            family = getattr(checked, "family", None)
+            reporter = IpReporter(services, allow_documentation=settings.allow_documentation_ips)
+            seen = await reporter.observe(site, ip, family, source="cli")
+            return {
+                "result": seen.status,
+                "event_id": seen.event_id,
+                "seq": seen.seq,
+                "reason": seen.reason,
+                "message": seen.message,
+                "reconcile": seen.reconcile,
+            }
+        entry_id = await services.queue.publish(event)
+        return {"result": "queued", "entry_id": entry_id, "event": json.loads(event.to_wire())}
+
+    doc = _with_services(ctx, publish)
     if as_json:
-        _print_json({"entry_id": entry_id, "event": json.loads(event.to_wire())})
+        _print_json(doc)
+    elif doc["result"] == "rejected":
+        _fail(f"{doc.get('message')} ({doc.get('reason')}); nothing queued")
+    elif doc["result"] == "good":
+        out.print(
+            f"queued ip.changed for {site}: observation {doc['seq']}, event {doc['event_id']}",
+            highlight=False,
+        )
+    elif doc["result"] == "nochg":
+        more = "; site not converged: reconcile asked for" if doc["reconcile"] else ""
+        out.print(f"nochg: already the desired address of {site}{more}", highlight=False)
     else:
-        out.print(f"queued {event.type} for {event.site}: event {event.id} (entry {entry_id})")
+        out.print(
+            f"queued {event.type} for {event.site}: event {event.id} (entry {doc['entry_id']})",
+            highlight=False,
+        )
+    if doc["result"] == "rejected":
+        raise typer.Exit(2)
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False)
+    raise typer.Exit(code)
 
 
 # --- playbooks --------------------------------------------------------------------------
@@ -226,15 +266,14 @@ def playbook_list(as_json: JsonOpt = False) -> None:
 
 
 def _parse_params(items: list[str]) -> dict[str, Any]:
+    """``k=v`` pairs; values are strings, and pydantic converts them to the parameter's type
+    (numbers, booleans), so ``message=123`` stays the text "123"."""
     params: dict[str, Any] = {}
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or not name:
-            raise typer.BadParameter(f"expected k=v, got {item!r}", param_hint="--param")
-        try:
-            params[name] = json.loads(value)  # numbers, booleans, lists; else a string
-        except json.JSONDecodeError:
-            params[name] = value
+            _fail(f"--param: expected k=v, got {item!r}")
+        params[name] = value
     return params
 
 
@@ -247,14 +286,36 @@ def playbook_run(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show the plan; change nothing")
     ] = False,
+    confirm_destructive: Annotated[
+        bool,
+        typer.Option(
+            "--confirm-destructive",
+            help="Run a destructive playbook where the site's policy does not allow it",
+        ),
+    ] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the result")] = 900,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run a playbook now (through the queue, so it is locked, journaled and recorded)."""
-    from bot.models import PlaybookCall
+    """Run a playbook now (through the queue, so it is locked, journaled and recorded).
 
-    params = _parse_params(param or [])
-    call = PlaybookCall(name=name, params=params)
+    update-local-gateway with an ip also records that address as the site's desired one, so
+    the reconciler keeps it (until the site reports another)."""
+    import playbooks
+    from bot.gate import Refused, playbook_call
+
+    settings = _settings(ctx)
+    try:
+        call = playbook_call(
+            settings,
+            playbooks.builtin(),
+            site,
+            name,
+            _parse_params(param or []),
+            confirm_destructive=confirm_destructive,
+            dry_run=dry_run,
+        )
+    except Refused as exc:
+        _fail(str(exc))
     if dry_run:
         _dry_run(ctx, site, call, as_json)
         return
@@ -267,8 +328,6 @@ def playbook_run(
 
 
 def _dry_run(ctx: typer.Context, site: str, call: Any, as_json: bool) -> None:
-    from pydantic import ValidationError
-
     from bot.retry import PermanentError, describe_error
 
     async def plan(services: Services) -> Any:
@@ -278,10 +337,9 @@ def _dry_run(ctx: typer.Context, site: str, call: Any, as_json: bool) -> None:
 
     try:
         result = _with_services(ctx, plan)
-    except (PermanentError, ValidationError) as exc:
+    except PermanentError as exc:
         code, message = describe_error(exc)
-        err.print(f"[red]{code}:[/red] {message}", highlight=False)
-        raise typer.Exit(2) from None
+        _fail(f"{code}: {message}")
     if as_json:
         _print_json(
             {
@@ -307,11 +365,23 @@ async def _request_and_wait(
 
     from bot.events import Event
 
+    if call.name == "update-local-gateway" and call.params.get("ip"):
+        from bot.sources.report import IpReporter
+
+        reporter = IpReporter(
+            services, allow_documentation=services.settings.allow_documentation_ips
+        )
+        await reporter.observe(site, str(call.params["ip"]), "v4", source="cli", hint=False)
     event = Event.new(
         "playbook.requested",
         site,
         source="cli",
-        data={"playbook": call.name, "params": call.params, "requested_by": "cli"},
+        data={
+            "playbook": call.name,
+            "params": call.params,
+            "requested_by": "cli",
+            "confirm_destructive": call.confirmed,
+        },
         idempotency_key=f"cli:{uuid.uuid4().hex}",
     )
     await services.queue.publish(event)

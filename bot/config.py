@@ -133,10 +133,19 @@ class Policy(Section):
 
     paused: bool = False
     lock_ttl: float = Field(30.0, gt=0)
-    lock_wait: float = Field(300.0, ge=0)
+    lock_wait: float = Field(
+        300.0, ge=0, description="how long a requested run waits for a busy site"
+    )
     playbook_timeout: float = Field(600.0, gt=0)
-    retry_attempts: int = Field(5, ge=1)
-    retry_max_delay: float = Field(60.0, gt=0)
+    retry_attempts: int = Field(
+        3, ge=1, description="plans per playbook in one run: re-read and re-plan after a fault"
+    )
+    retry_base_delay: float = Field(
+        10.0, gt=0, description="first retry of a site whose reconcile failed (doubles)"
+    )
+    retry_max_delay: float = Field(
+        600.0, gt=0, description="cap of the backoff; a longer Retry-After is still honoured"
+    )
     max_changes_per_hour: int = Field(6, ge=0)
     allow_destructive: bool = False
     tunnel_timeout: float = Field(120.0, ge=0, description="wait this long for Connected")
@@ -149,11 +158,21 @@ class PolicyOverride(Section):
     lock_wait: float | None = Field(None, ge=0)
     playbook_timeout: float | None = Field(None, gt=0)
     retry_attempts: int | None = Field(None, ge=1)
+    retry_base_delay: float | None = Field(None, gt=0)
     retry_max_delay: float | None = Field(None, gt=0)
     max_changes_per_hour: int | None = Field(None, ge=0)
     allow_destructive: bool | None = None
     tunnel_timeout: float | None = Field(None, ge=0)
     tunnel_poll: float | None = Field(None, gt=0)
+
+
+class SchedulerConfig(Section):
+    """The due-time set that brings sites back: retries, the periodic resync, timers."""
+
+    tick: float = Field(1.0, gt=0, le=60, description="how often workers look for due entries")
+    resync_interval: float = Field(
+        900.0, ge=10, description="every site is re-checked this often (spread evenly)"
+    )
 
 
 FQDN = re.compile(
@@ -208,6 +227,14 @@ class AzureConfig(Section):
     tenant_id: str | None = None
     polling_interval: float = Field(5.0, ge=0, description="LRO poll delay without Retry-After")
     request_timeout: float = Field(60.0, gt=0)
+    retry_total: int = Field(
+        10, ge=0, description="azure-core's HTTP retries (429/5xx/connection; Retry-After)"
+    )
+    retry_backoff_factor: float = Field(0.8, ge=0)
+    retry_backoff_max: float = Field(60.0, gt=0)
+    settle_timeout: float = Field(
+        180.0, ge=0, description="after a lost operation: wait this long to leave 'Updating'"
+    )
 
     @model_validator(mode="after")
     def _endpoint_for_sim(self) -> AzureConfig:
@@ -232,23 +259,33 @@ class DetectConfig(Section):
 
 class SecurityConfig(Section):
     journal_key: SecretStr | None = Field(
-        None, description="Fernet key that encrypts secrets kept in run journals"
+        None,
+        description="Fernet keys that encrypt secrets kept in run journals, comma-separated, "
+        "newest first (older keys still decrypt: rotation)",
     )
 
     @field_validator("journal_key")
     @classmethod
-    def _fernet_key(cls, key: SecretStr | None) -> SecretStr | None:
+    def _fernet_keys(cls, key: SecretStr | None) -> SecretStr | None:
         if key is not None:
             from cryptography.fernet import Fernet
 
-            try:
-                Fernet(key.get_secret_value())
-            except ValueError:
-                raise ValueError(
-                    "must be a Fernet key (32 url-safe base64-encoded bytes); "
-                    "make one with: tunnelwarden config new-key"
-                ) from None
+            parts = journal_keys(key)
+            for i, part in enumerate(parts, 1):
+                try:
+                    Fernet(part)
+                except ValueError:
+                    which = f"key {i} of {len(parts)}" if len(parts) > 1 else "it"
+                    raise ValueError(
+                        f"must be a Fernet key ({which} is not 32 url-safe base64-encoded "
+                        "bytes); make one with: tunnelwarden config new-key"
+                    ) from None
         return key
+
+
+def journal_keys(key: SecretStr) -> list[str]:
+    """The comma-separated journal keys, newest first."""
+    return [part.strip() for part in key.get_secret_value().split(",") if part.strip()]
 
 
 class HttpConfig(Section):
@@ -282,6 +319,7 @@ class Settings(BaseSettings):
 
     redis: RedisConfig = RedisConfig()
     worker: WorkerConfig = WorkerConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
     policies: Policy = Policy()
     sites: dict[SiteName, SiteConfig] = {}
     sources: list[SourceSpec] = []
@@ -453,6 +491,14 @@ def _nested_secrets(annotation: Any, value: Any, loc: tuple[str, ...]) -> Iterat
 
 def _cross_checks(settings: Settings) -> list[str]:
     problems = []
+    if settings.security.journal_key is None:
+        destructive = [n for n in settings.sites if settings.policy_for(n).allow_destructive]
+        if settings.policies.allow_destructive or destructive:
+            where = ", ".join(f"sites.{n}" for n in destructive) or "policies"
+            problems.append(
+                f"security.journal_key: required when destructive playbooks are allowed "
+                f"({where}: allow_destructive = true); make one with: tunnelwarden config new-key"
+            )
     for i, source in enumerate(settings.sources):
         for site_name in source.sites:
             if site_name not in settings.sites:

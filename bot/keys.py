@@ -1,9 +1,9 @@
 """Redis key names.
 
-Every key of one site carries the hash tag ``{site}`` and every queue key carries ``{events}``,
-so on a Redis Cluster the keys that are written together (a run's journal, the site's history
-and its idempotency keys; the stream and its dead-letter stream) share a hash slot and can be
-written in one MULTI.
+Every key of one site carries the hash tag ``{site}`` and every queue key carries ``{events}``.
+The scripts that observe an address (site state + stream) and record a run (site keys +
+schedule) touch both groups in one atomic step, so tunnelwarden runs on a single Redis server
+(or a Sentinel-managed primary), not on a Redis Cluster.
 """
 
 from __future__ import annotations
@@ -38,6 +38,11 @@ class Keys:
         return f"{self.prefix}:{{events}}:workers"
 
     @property
+    def schedule(self) -> str:
+        """Sorted set: ``type|site`` → when the scheduler publishes that event (unix seconds)."""
+        return f"{self.prefix}:{{events}}:schedule"
+
+    @property
     def sites(self) -> str:
         """Set of sites that have state or history."""
         return f"{self.prefix}:sites"
@@ -52,7 +57,12 @@ class Keys:
         return f"{self._site(site)}:state"
 
     def lock(self, site: str) -> str:
+        """String: the fencing number of the run that holds the site (with a TTL)."""
         return f"{self._site(site)}:lock"
+
+    def fence(self, site: str) -> str:
+        """Counter: the last fencing number handed out for the site (never goes down)."""
+        return f"{self._site(site)}:fence"
 
     def done(self, site: str, key: str) -> str:
         return f"{self._site(site)}:done:{key}"

@@ -33,6 +33,21 @@ class Metrics:
         self.reclaimed = Counter(
             "tunnelwarden_events_reclaimed", "Entries taken over from silent workers", registry=r
         )
+        self.coalesced = Counter(
+            "tunnelwarden_hints_coalesced",
+            "Hints that found their site busy and were folded into the reconcile owed to it",
+            registry=r,
+        )
+        self.locks_lost = Counter(
+            "tunnelwarden_locks_lost",
+            "Runs stopped because their site lock (fencing number) was lost",
+            registry=r,
+        )
+        self.journal_key_missing = Counter(
+            "tunnelwarden_journal_key_missing",
+            "Runs that could not read a journaled secret (no or rotated journal key)",
+            registry=r,
+        )
         self.queue_lag = Gauge(
             "tunnelwarden_queue_lag", "Entries not yet delivered to any worker", registry=r
         )

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-Outcome = Literal["ok", "no_changes", "planned", "failed", "timeout", "skipped"]
+Outcome = Literal["ok", "no_changes", "planned", "failed", "timeout", "skipped", "superseded"]
 
 
 class PlaybookCall(BaseModel):
@@ -16,18 +16,31 @@ class PlaybookCall(BaseModel):
     name: str
     params: dict[str, JsonValue] = {}
     on_failure: list[PlaybookCall] = []
+    # A destructive playbook runs only where the site's policy allows it, or when a person
+    # confirmed it (CLI --confirm-destructive; chat: an approval).
+    confirmed: bool = False
 
 
 class Decision(BaseModel):
-    """What a handler decided: the playbooks to run in order, or none and why."""
+    """What a handler decided: the playbooks to run in order, or none and why.
+
+    ``outcome`` says what kind of nothing a skip is (``superseded``: a newer observation
+    exists); ``retry_at`` asks the scheduler to come back (a change held by the rate limit).
+    """
 
     model_config = ConfigDict(extra="forbid")
     playbooks: list[PlaybookCall] = []
     reason: str = ""
+    outcome: Literal["skipped", "superseded"] = "skipped"
+    retry_at: float | None = None
 
     @classmethod
-    def skip(cls, reason: str) -> Decision:
-        return cls(playbooks=[], reason=reason)
+    def skip(cls, reason: str, *, retry_at: float | None = None) -> Decision:
+        return cls(playbooks=[], reason=reason, retry_at=retry_at)
+
+    @classmethod
+    def superseded(cls, reason: str) -> Decision:
+        return cls(playbooks=[], reason=reason, outcome="superseded")
 
 
 class Change(BaseModel):
@@ -52,6 +65,9 @@ class Plan(BaseModel):
 
     changes: list[Change] = []
     notes: list[str] = []
+    # What plan() read that apply() builds on, e.g. the resource body and its ETag (ARM
+    # writes send If-Match with it: a target changed meanwhile is read and planned again).
+    read: dict[str, JsonValue] = {}
 
     @property
     def converged(self) -> bool:
@@ -70,6 +86,10 @@ class PlaybookResult(BaseModel):
     detail: str = ""
     error: str | None = None
     error_code: str | None = None
+    # A failure that may pass (429, 5xx, timeout, busy, tunnel not up yet): try again later;
+    # retry_after is what the far side asked for.
+    retry: bool = False
+    retry_after: float | None = None
     duration_s: float = 0.0
 
 
@@ -86,6 +106,8 @@ class RunRecord(BaseModel):
     playbooks: list[PlaybookResult] = []
     attempt: int = 1
     worker: str = ""
+    fence: int = 0
     started_at: float
     finished_at: float
     duration_s: float = Field(0.0, ge=0)
+    retry_at: float | None = None  # when the scheduler comes back to the site

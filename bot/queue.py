@@ -25,6 +25,16 @@ from bot.keys import Keys
 
 EVENT_FIELD = "event"
 
+_TOUCH = """
+for i = 3, #ARGV do
+  local mine = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
+  if #mine > 0 then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+  end
+end
+return 1
+"""
+
 
 @dataclass(frozen=True)
 class Delivery:
@@ -131,11 +141,13 @@ class EventQueue:
         await self.redis.xack(self.keys.stream, self.keys.group, *entry_ids)
 
     async def touch(self, consumer: str, entry_ids: list[str]) -> None:
-        """Reset the idle time of entries still being worked on, so nobody reclaims them."""
+        """Reset the idle time of entries still being worked on, so nobody reclaims them.
+
+        Only entries this consumer still owns: a worker that was paused and whose entry was
+        taken over meanwhile must not take it back."""
         if entry_ids:
-            ids: list[StreamIdT] = list(entry_ids)
-            await self.redis.xclaim(
-                self.keys.stream, self.keys.group, consumer, 0, ids, justid=True
+            await self.redis.eval(
+                _TOUCH, 1, self.keys.stream, self.keys.group, consumer, *entry_ids
             )
 
     async def hand_back(self, consumer: str, entry_ids: list[str], idle_ms: int) -> None:

@@ -1,4 +1,12 @@
-"""Runs a decision's playbooks under the site lock, journaled, and records the result once."""
+"""The reconciler: one hint in, the site converged (or a reason and a time to come back).
+
+Modelled on controller-runtime's ``Reconcile(request) → result, requeue after``: the run takes
+the site's lock (with a fencing number), reads the site's *latest* state, asks the handler
+what to do, runs the playbooks (each re-reads the real state and plans), and records the
+result together with what follows from it: the site's reconcile status and when the
+scheduler comes back (the periodic resync after success, a jittered backoff after a transient
+failure, the end of the window after a held change). The event's payload is never the target.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +14,40 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import random
 import time
 from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
 from bot.events import Event
 from bot.models import Change, Decision, Outcome, Plan, PlaybookCall, PlaybookResult, RunRecord
-from bot.retry import PermanentError, TransientError, call_with_retries, describe_error
+from bot.retry import PermanentError, TransientError, describe_error, is_transient, retry_after
+from bot.scheduler import RECONCILE, backoff, member
 from bot.services import Services
-from bot.state import Begun, JournalEntry, LockLost, SiteLock, poll_until
-from playbooks.base import Playbook, RunContext
+from bot.state import Begun, Followups, JournalEntry, LockLost, SiteLock, current_lock, poll_until
+from handlers.base import Handler, SiteView
+from playbooks.base import PLAYBOOK_STEP, Playbook, RunContext
 
 log = logging.getLogger("tunnelwarden.runner")
 T = TypeVar("T")
-PLAYBOOK_STEP = ":playbook"  # journal step name of a whole playbook (steps may not start with ':')
+# Sources whose events are a person's request: they bypass the automatic change limit and
+# are not counted against it.
+MANUAL_SOURCES = frozenset({"cli", "chat"})
+
+
+@dataclass(frozen=True)
+class Handled:
+    """A recorded run and the view its handler decided on (the state before the run)."""
+
+    record: RunRecord
+    view: SiteView
+
+
+class Busy(Exception):
+    """The site was locked and this hint was folded into the reconcile owed to it."""
 
 
 class Runner:
@@ -37,7 +63,13 @@ class Runner:
         self.redact = services.redact
 
     def context(
-        self, site: str, run_id: str, index: int, journal: list[JournalEntry], dry_run: bool
+        self,
+        site: str,
+        run_id: str,
+        index: int,
+        journal: list[JournalEntry],
+        *,
+        lock: SiteLock | None,
     ) -> RunContext:
         settings = self.services.settings
         return RunContext(
@@ -49,7 +81,8 @@ class Runner:
             policy=settings.policy_for(site),
             site_config=settings.sites.get(site),
             journal=journal,
-            dry_run=dry_run,
+            dry_run=lock is None,
+            lock=lock,
         )
 
     def playbook(self, name: str) -> Playbook[Any]:
@@ -60,56 +93,178 @@ class Runner:
             message = f"unknown playbook {name!r} (known: {known})"
             raise PermanentError(message, "UnknownPlaybook") from None
 
+    def parse(self, playbook: Playbook[Any], params: Mapping[str, Any]) -> Any:
+        return playbook.parse(
+            dict(params), allow_documentation=self.services.settings.allow_documentation_ips
+        )
+
     async def plan(self, site: str, call: PlaybookCall) -> Plan:
         """A dry-run: read the real state and say what would change. Writes nothing."""
         playbook = self.playbook(call.name)
-        params = playbook.parse(dict(call.params))
-        ctx = self.context(site, "dry-run", 0, [], dry_run=True)
-        return await call_with_retries(
-            lambda: playbook.plan(ctx, params),
-            ctx.policy.retry_attempts,
-            ctx.policy.retry_max_delay,
-        )
+        params = self.parse(playbook, call.params)
+        ctx = self.context(site, "dry-run", 0, [], lock=None)
+        return await playbook.plan(ctx, params)
 
-    async def execute(self, event: Event, decision: Decision) -> RunRecord | None:
-        """Run the decision for ``event``; None when another run already handled its key."""
+    # --- one reconcile ------------------------------------------------------------------
+    async def reconcile(self, event: Event, handler: Handler, data: Any) -> Handled | None:
+        """Handle ``event`` under the site lock; None when a run already handled its key.
+
+        Raises ``Busy`` when the site is locked and the event is a hint (the holder's record
+        schedules another reconcile), ``LockLost`` when the lock went away mid-run (nothing
+        more was written; another worker resumes from the journal).
+        """
         site = event.site
         policy = self.services.settings.policy_for(site)
         state = self.services.state
-        lock = state.site_lock(site, policy.lock_ttl, policy.lock_wait)
-        meta = {"event_type": event.type, "reason": decision.reason}
+        lock = state.site_lock(site, policy.lock_ttl)
+        hint = member(RECONCILE, site) if handler.reconciles else ""
         begun = Begun("locked")
 
         async def begin() -> bool:
             nonlocal begun
             begun = await state.begin(
-                lock, site, event.id, self.worker, meta, event.idempotency_key
+                lock,
+                site,
+                event.id,
+                self.worker,
+                event.type,
+                event.idempotency_key,
+                dirty_member=hint,
+                dirty_at=time.time() + policy.lock_ttl + 1,
             )
             return begun.kind != "locked"
 
-        if not await poll_until(begin, policy.lock_wait):
+        if hint:
+            await begin()
+            if begun.kind == "locked":
+                raise Busy(f"site {site} is busy (fence {begun.holder}); reconcile owed")
+        elif not await poll_until(begin, policy.lock_wait):
             raise TransientError(f"site {site} stayed locked for {policy.lock_wait:.0f}s")
         if begun.kind == "done":
             return None
-        lock.start_renewing()
+        token = current_lock.set(lock)
         try:
-            started = time.time()
-            journal = begun.journal
-            if begun.attempt > 1:
-                entry = JournalEntry(started, self.worker, -1, ":run", "resumed", begun.attempt)
-                await state.journal_append(site, event.id, entry)
-                journal.append(entry)
-                log.info(
-                    "resuming run %s (attempt %d)", event.id, begun.attempt, extra={"site": site}
-                )
+            return await self._reconcile(event, handler, data, begun, lock)
+        finally:
+            current_lock.reset(token)
+            await lock.release()
+
+    async def _reconcile(
+        self, event: Event, handler: Handler, data: Any, begun: Begun, lock: SiteLock
+    ) -> Handled:
+        site = event.site
+        settings = self.services.settings
+        started = time.time()
+        view = SiteView(
+            site=site,
+            config=settings.sites.get(site),
+            policy=settings.policy_for(site),
+            state=begun.state,
+            changes_last_hour=begun.changes_last_hour,
+            oldest_change_at=begun.oldest_change_at,
+            fence=begun.fence,
+            manual=event.source in MANUAL_SOURCES,
+        )
+        journal = begun.journal
+        if begun.attempt > 1:
+            entry = JournalEntry(started, self.worker, -1, ":run", "resumed", begun.attempt)
+            await self.services.state.journal_append(site, event.id, entry, lock)
+            journal.append(entry)
+            log.info("resuming run %s (attempt %d)", event.id, begun.attempt, extra={"site": site})
+        decision = await handler.decide(event, data, view)
+        results: list[PlaybookResult] = []
+        ok = True
+        if decision.playbooks:
             results, ok = await self._run_chain(
                 event, decision.playbooks, journal, lock, itertools.count()
             )
-            await lock.stop_renewing()  # the record releases the lock with the same write
-            return await self._record(event, decision, results, ok, begun.attempt, started, lock)
-        finally:
-            await lock.release()
+        outcome = aggregate(results, ok) if decision.playbooks else decision.outcome
+        record = self._record_of(event, decision, outcome, results, begun, started)
+        followups = self._followups(handler, event, data, decision, record, view)
+        record.retry_at = followups.schedule_at if outcome not in ("ok", "no_changes") else None
+        automatic = not view.manual and event.type != "playbook.requested"
+        changed = automatic and any(r.outcome == "ok" and r.changes for r in results)
+        # A converged re-check is the steady state: it is not history (nothing happened).
+        quiet = event.source == "scheduler" and outcome == "no_changes"
+        await self.services.state.record(
+            record,
+            lock,
+            done_key=event.idempotency_key if outcome not in ("failed", "timeout") else None,
+            changed=changed,
+            history=not quiet,
+            followups=followups,
+            view=view.state,
+        )
+        return Handled(record, view)
 
+    def _followups(
+        self,
+        handler: Handler,
+        event: Event,
+        data: Any,
+        decision: Decision,
+        record: RunRecord,
+        view: SiteView,
+    ) -> Followups:
+        """State and schedule changes recorded with the run (atomically, fenced)."""
+        extra = handler.remember(event, data, record, view) if handler.remember else {}
+        if not handler.reconciles:
+            return Followups(state=dict(extra), dirty_member=member(RECONCILE, event.site))
+        now = time.time()
+        policy = view.policy
+        interval = self.services.settings.scheduler.resync_interval
+        resync = now + interval * random.uniform(0.95, 1.05)
+        updates: dict[str, str | None] = {
+            "reconcile.at": f"{now:.3f}",
+            "reconcile.run": record.run_id,
+        }
+        outcome = record.outcome
+        when: float | None = resync
+        if outcome in ("ok", "no_changes"):
+            updates.update(
+                {
+                    "reconcile.status": "converged",
+                    "reconcile.seq": view.state.get("ip.v4.seq", ""),
+                    "reconcile.attempt": None,
+                    "reconcile.error": None,
+                    "reconcile.not_before": None,
+                    "held.until": None,
+                }
+            )
+        elif outcome == "superseded":
+            when = None  # the newer observation's hint is on its way
+        elif outcome == "skipped":
+            updates["reconcile.status"] = "held" if decision.retry_at else "skipped"
+            updates["reconcile.error"] = decision.reason
+            if decision.retry_at:
+                when = decision.retry_at
+                updates["reconcile.not_before"] = f"{decision.retry_at:.3f}"
+                updates["held.until"] = f"{decision.retry_at:.3f}"
+        else:
+            failed = next((r for r in reversed(record.playbooks) if r.outcome != "ok"), None)
+            transient = failed is None or failed.retry
+            message = f"{failed.playbook}: {failed.error}" if failed and failed.error else outcome
+            updates["reconcile.error"] = message[:500]
+            if transient:
+                attempt = int(view.state.get("reconcile.attempt", "0") or 0) + 1
+                asked = failed.retry_after if failed else None
+                delay = backoff(attempt, policy.retry_base_delay, policy.retry_max_delay, asked)
+                when = now + delay
+                updates["reconcile.status"] = "retrying"
+                updates["reconcile.attempt"] = str(attempt)
+                updates["reconcile.not_before"] = f"{now + (asked or 0):.3f}" if asked else None
+            else:
+                updates["reconcile.status"] = "failed"
+                updates["reconcile.attempt"] = None
+        updates.update(extra)
+        return Followups(
+            state=updates,
+            schedule_member=member(RECONCILE, event.site) if when is not None else "",
+            schedule_at=when,
+            dirty_member=member(RECONCILE, event.site),
+        )
+
+    # --- playbooks ----------------------------------------------------------------------
     async def _run_chain(
         self,
         event: Event,
@@ -133,7 +288,7 @@ class Runner:
             if finished:
                 result = PlaybookResult.model_validate(finished[-1].data)
             else:
-                ctx = self.context(event.site, event.id, index, journal, dry_run=False)
+                ctx = self.context(event.site, event.id, index, journal, lock=lock)
                 result = await _unless_lost(self._run_one(ctx, call), lock)
             results.append(result)
             if result.outcome in ("failed", "timeout"):
@@ -152,18 +307,28 @@ class Runner:
         metrics = self.services.metrics
         try:
             playbook = self.playbook(call.name)
-            params = playbook.parse(dict(call.params))
+            params = self.parse(playbook, call.params)
+            if playbook.destructive and not (call.confirmed or ctx.policy.allow_destructive):
+                raise PermanentError(
+                    f"{call.name} is destructive: it runs only where the site's policy has "
+                    "allow_destructive = true, or when a person confirms it "
+                    "(tunnelwarden playbook run ... --confirm-destructive)",
+                    "DestructiveRefused",
+                )
             async with asyncio.timeout(ctx.policy.playbook_timeout):
                 outcome, detail, changes = await self._converge(ctx, playbook, params)
             result = PlaybookResult(
                 playbook=call.name, outcome=outcome, detail=detail, changes=changes
             )
+        except LockLost:
+            raise
         except TimeoutError:
             result = PlaybookResult(
                 playbook=call.name,
                 outcome="timeout",
                 error=f"did not finish within {ctx.policy.playbook_timeout:g}s",
                 error_code="Timeout",
+                retry=True,
             )
         except ValidationError as exc:
             result = PlaybookResult(
@@ -171,11 +336,17 @@ class Runner:
             )
         except Exception as exc:
             code, message = describe_error(exc)
+            transient = is_transient(exc)
+            if code == "JournalKeyUnavailable":
+                metrics.journal_key_missing.inc()
+                log.error("run %s: %s", ctx.run_id, message, extra={"site": ctx.site})
             result = PlaybookResult(
                 playbook=call.name,
                 outcome="failed",
                 error=self.redact(message)[:1000],
                 error_code=code,
+                retry=transient,
+                retry_after=retry_after(exc) if transient else None,
             )
         result.duration_s = round(time.monotonic() - started, 4)
         result = self._masked(result)
@@ -187,52 +358,53 @@ class Runner:
 
     async def _converge(
         self, ctx: RunContext, playbook: Playbook[Any], params: Any
-    ) -> tuple[Outcome, str, list[Any]]:
-        resumed = bool(ctx.done_steps())
-        plan = await call_with_retries(
-            lambda: playbook.plan(ctx, params),
-            ctx.policy.retry_attempts,
-            ctx.policy.retry_max_delay,
-        )
-        if plan.converged and not resumed:
+    ) -> tuple[Outcome, str, list[Change]]:
+        """Plan, apply, verify. After a transient fault in ``apply``, read and plan again (up
+        to ``retry_attempts`` plans) instead of repeating the call; a resumed playbook records
+        the changes it planned before the crash, and what it finds now."""
+        plan = await playbook.plan(ctx, params)
+        if plan.converged and not ctx.started():
             return "no_changes", "no changes", []
-        await ctx.note(PLAYBOOK_STEP, "start", playbook.name)
-        detail = await playbook.apply(ctx, params, plan)
+        if not ctx.started():
+            await ctx.note(
+                PLAYBOOK_STEP,
+                "start",
+                {"playbook": playbook.name, "changes": [c.model_dump() for c in plan.changes]},
+            )
+        detail = "converged"
+        for attempt in range(1, ctx.policy.retry_attempts + 1):
+            if plan.converged:
+                break  # a resumed or re-planned playbook whose change took effect
+            try:
+                detail = await playbook.apply(ctx, params, plan)
+                break
+            except Exception as exc:
+                if not is_transient(exc) or attempt == ctx.policy.retry_attempts:
+                    raise
+                wait = retry_after(exc) or min(ctx.policy.retry_base_delay, 2.0**attempt)
+                log.info(
+                    "%s: %s; reading again in %.0fs",
+                    playbook.name,
+                    self.redact(describe_error(exc)[1])[:300],
+                    wait,
+                    extra={"site": ctx.site, "run": ctx.run_id},
+                )
+                await asyncio.sleep(wait)
+                await ctx.guard()
+                plan = await playbook.plan(ctx, params)
         problem = await playbook.verify(ctx, params)
         if problem:
-            raise PermanentError(problem, "VerifyFailed")
-        return "ok", detail, list(plan.changes)
+            raise VerifyFailed(problem)
+        return "ok", detail, ctx.planned_changes()
 
-    async def _record(
-        self,
-        event: Event,
-        decision: Decision,
-        results: list[PlaybookResult],
-        ok: bool,
-        attempt: int,
-        started: float,
-        lock: SiteLock,
-    ) -> RunRecord:
-        outcome = aggregate(results, ok)
-        record = self._record_of(event, decision, outcome, results, attempt, started)
-        done_key = event.idempotency_key if outcome in ("ok", "no_changes") else None
-        changed = any(r.outcome == "ok" and r.changes for r in results)
-        await self.services.state.record(record, done_key, changed, lock)
-        return record
-
-    async def record_skip(self, event: Event, decision: Decision) -> RunRecord:
-        """A decision to do nothing is history too (paused, rate-limited, ...)."""
-        record = self._record_of(event, decision, "skipped", [], 1, time.time())
-        await self.services.state.record(record, None, changed=False)
-        return record
-
+    # --- records ------------------------------------------------------------------------
     def _record_of(
         self,
         event: Event,
         decision: Decision,
         outcome: Outcome,
         results: list[PlaybookResult],
-        attempt: int,
+        begun: Begun,
         started: float,
     ) -> RunRecord:
         finished = time.time()
@@ -245,8 +417,9 @@ class Runner:
             outcome=outcome,
             reason=decision.reason,
             playbooks=results,
-            attempt=attempt,
+            attempt=begun.attempt,
             worker=self.worker,
+            fence=begun.fence,
             started_at=started,
             finished_at=finished,
             duration_s=round(finished - started, 4),
@@ -271,6 +444,13 @@ class Runner:
         if result.error:
             result.error = self.redact(result.error)
         return result
+
+
+class VerifyFailed(TransientError):
+    """The change was made and the target is not as intended yet (e.g. tunnel still down):
+    worth another reconcile later, so it counts as transient."""
+
+    code = "VerifyFailed"
 
 
 def aggregate(results: list[PlaybookResult], ok: bool) -> Outcome:

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cryptography.fernet import Fernet
+from cryptography.fernet import Fernet, MultiFernet
 from redis.asyncio import Redis
 
 from bot.azure import AzureClients
-from bot.config import Settings
+from bot.config import Settings, journal_keys
 from bot.keys import Keys
 from bot.metrics import Metrics
 from bot.notify import Notifications
 from bot.queue import EventQueue
 from bot.redact import Redactor
+from bot.scheduler import Scheduler
 from bot.state import StateStore
 
 
@@ -28,7 +29,8 @@ class Services:
     azure: AzureClients
     notifications: Notifications
     redact: Redactor
-    journal_cipher: Fernet | None = None
+    scheduler: Scheduler
+    journal_cipher: MultiFernet | None = None
 
     @classmethod
     def build(cls, settings: Settings, redis: Redis, metrics: Metrics | None = None) -> Services:
@@ -54,5 +56,8 @@ class Services:
             azure=AzureClients(settings.azure),
             notifications=Notifications(settings),
             redact=Redactor(settings.secret_values()),
-            journal_cipher=Fernet(key.get_secret_value()) if key is not None else None,
+            scheduler=Scheduler(redis, keys, stream_maxlen=settings.redis.stream_maxlen),
+            journal_cipher=(
+                MultiFernet([Fernet(k) for k in journal_keys(key)]) if key is not None else None
+            ),
         )

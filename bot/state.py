@@ -2,16 +2,18 @@
 
 A run is the handling of one event (its id is the event id). Its journal is an append-only
 list of step records; a worker that takes over an event reads it to resume. Starting a run
-(site lock, "already handled?", attempt count, journal so far) and recording its result (final
-status, idempotency key, history entry, lock release) are each one script on the site's hash
-slot: they happen together or not at all, so a crash can never leave a run recorded twice or
-half-recorded, and a converged event costs four round trips (read, start, record, ack).
+(site lock with its fencing number, "already handled?", attempt count, journal, site state) and
+recording its result (final status, idempotency key, history entry, state follow-ups, the
+site's next reconcile, lock release) are each one script: they happen together or not at all,
+so a crash can never leave a run recorded twice or half-recorded, and a run that lost its lock
+writes nothing. A converged event costs three round trips (start, record, ack).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import time
 import uuid
@@ -51,6 +53,26 @@ class LockLost(RuntimeError):
     """The site lock expired or was taken while we held it: stop changing the site."""
 
 
+# The lock of the run the current task works for: every client that changes the outside world
+# (the Azure pipeline, device drivers) calls ``await fence_check()`` before a mutating call.
+current_lock: contextvars.ContextVar[SiteLock | None] = contextvars.ContextVar(
+    "tunnelwarden_site_lock", default=None
+)
+
+
+async def fence_check() -> None:
+    """Raise ``LockLost`` if the current run no longer holds its site (outside a run: no-op)."""
+    lock = current_lock.get()
+    if lock is not None:
+        await lock.check()
+
+
+_ACQUIRE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local fence = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], fence, 'PX', ARGV[1])
+return fence
+"""
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
@@ -59,43 +81,63 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+_JOURNAL = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('RPUSH', KEYS[2], ARGV[2])
+return 1
+"""
 
 
 class SiteLock:
-    """The site's exclusive lock, renewed in the background while the run goes on.
+    """The site's exclusive lock, with a fencing number, renewed while the run goes on.
 
-    A run that outlives the TTL keeps the lock as long as its process lives; a crashed holder
-    stops renewing and the lock expires after ``ttl`` seconds. The lock holds a random token,
-    so only its holder can renew or release it.
+    Taking the lock hands out the next number of the site's fence counter and stores it as the
+    lock's value; every Redis write of the run checks that value atomically, and ``check()``
+    asks Redis before each external call. A holder that was paused past the TTL (or whose
+    renewal failed) finds another number there, or none, and stops: it never writes again.
     """
 
-    def __init__(self, redis: Redis, key: str, ttl: float, wait: float) -> None:
+    def __init__(self, redis: Redis, key: str, fence_key: str, ttl: float) -> None:
         self.redis = redis
         self.key = key
+        self.fence_key = fence_key
         self.ttl = ttl
-        self.wait = wait
-        self.token = uuid.uuid4().hex
+        self.fence = 0
         self.lost = asyncio.Event()
         self.held = False
         self._renewer: asyncio.Task[None] | None = None
 
     @property
+    def token(self) -> str:
+        return str(self.fence)
+
+    @property
     def ttl_ms(self) -> int:
         return max(1, int(self.ttl * 1000))
 
-    async def acquire(self) -> bool:
-        """Wait up to ``wait`` seconds for the lock; renew it from then on."""
+    async def acquire(self, wait: float = 0.0) -> bool:
+        """Take the lock (waiting up to ``wait`` seconds) and renew it from then on."""
 
         async def take() -> bool:
-            return bool(await self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms))
+            fence = await self.redis.eval(_ACQUIRE, 2, self.key, self.fence_key, self.ttl_ms)
+            if not fence:
+                return False
+            self.fence = int(fence)
+            return True
 
-        if not await poll_until(take, self.wait):
+        if not await poll_until(take, wait):
             return False
         self.start_renewing()
         return True
 
+    def taken(self, fence: int) -> None:
+        """The lock was taken by a script (``StateStore.begin``) with this fencing number."""
+        self.fence = fence
+        self.start_renewing()
+
     def start_renewing(self) -> None:
         self.held = True
+        self.lost.clear()
         self._renewer = asyncio.create_task(self._renew(), name=f"renew {self.key}")
 
     async def stop_renewing(self) -> None:
@@ -110,11 +152,25 @@ class SiteLock:
             await asyncio.sleep(self.ttl / 3)
             try:
                 ours = await self.redis.eval(_RENEW, 1, self.key, self.token, self.ttl_ms)
-            except Exception:  # a blip in Redis: try again next round; expiry is the backstop
-                continue
+            except Exception:  # we can no longer prove the lock is ours: treat it as lost
+                ours = 0
             if not ours:
                 self.lost.set()
                 return
+
+    async def check(self) -> None:
+        """Raise ``LockLost`` unless Redis still holds our fencing number (before any external
+        call: a worker that lost the site makes no further change)."""
+        if self.lost.is_set():
+            raise LockLost(f"site lock {self.key} (fence {self.fence}) was lost")
+        try:
+            value = await self.redis.get(self.key)
+        except Exception as exc:
+            self.lost.set()
+            raise LockLost(f"cannot confirm site lock {self.key}: {type(exc).__name__}") from exc
+        if value is None or _text(value) != self.token:
+            self.lost.set()
+            raise LockLost(f"site lock {self.key} (fence {self.fence}) is no longer ours")
 
     async def release(self) -> None:
         await self.stop_renewing()
@@ -167,43 +223,91 @@ class LeaderLease:
         await self.redis.eval(script, 1, self.key, self.holder)
 
 
-_RECORD = """
-if KEYS[7] and redis.call('GET', KEYS[7]) == ARGV[11] then redis.call('DEL', KEYS[7]) end
-if redis.call('HEXISTS', KEYS[1], 'recorded') == 1 then return false end
-local hid = redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], '*', 'run', ARGV[1])
-redis.call('HSET', KEYS[1], 'status', ARGV[2], 'recorded', '1', 'finished_at', ARGV[3],
-           'record', ARGV[1], 'history_id', hid)
-redis.call('SREM', KEYS[6], ARGV[6])
-redis.call('EXPIRE', KEYS[1], ARGV[10])
-redis.call('EXPIRE', KEYS[5], ARGV[10])
-if ARGV[9] == '1' then redis.call('SET', KEYS[3], ARGV[6], 'EX', ARGV[5]) end
-if ARGV[8] == '1' then
-  redis.call('ZADD', KEYS[4], ARGV[7], ARGV[6])
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], 0, tonumber(ARGV[7]) - 86400)
-end
-return hid
-"""
-
-
+# Start a run: take the site lock with the next fencing number (unless someone holds it, or a
+# run already handled the event's key), mark the run started, and return what the handler
+# needs: the journal so far, the site's state and its automatic changes in the last hour.
+# A hint that finds the site locked marks it dirty: the holder's record schedules another
+# reconcile at once, and a fallback entry covers a holder that dies.
 _BEGIN = """
 local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= ARGV[1] then return {'locked'} end
-if redis.call('EXISTS', KEYS[2]) == 1 then return {'done'} end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-local attempt = redis.call('HINCRBY', KEYS[3], 'attempt', 1)
-redis.call('HSETNX', KEYS[3], 'started_at', ARGV[3])
-redis.call('HSET', KEYS[3], 'status', 'running', 'worker', ARGV[4], 'event_type', ARGV[5],
-           'reason', ARGV[6])
-redis.call('SADD', KEYS[4], ARGV[7])
-return {'started', attempt, redis.call('LRANGE', KEYS[5], 0, -1)}
+if holder then
+  if ARGV[7] ~= '' then
+    redis.call('HSET', KEYS[7], 'dirty', '1')
+    redis.call('ZADD', KEYS[9], 'LT', ARGV[8], ARGV[7])
+  end
+  return {'locked', holder}
+end
+local done = redis.call('GET', KEYS[3])
+if done then return {'done', done} end
+local fence = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], fence, 'PX', ARGV[1])
+local attempt = redis.call('HINCRBY', KEYS[4], 'attempt', 1)
+redis.call('HSETNX', KEYS[4], 'started_at', ARGV[2])
+redis.call('HSET', KEYS[4], 'status', 'running', 'worker', ARGV[3], 'event_type', ARGV[4],
+           'fence', fence)
+redis.call('SADD', KEYS[5], ARGV[5])
+if ARGV[7] ~= '' then redis.call('HDEL', KEYS[7], 'dirty') end
+local oldest = redis.call('ZRANGEBYSCORE', KEYS[8], ARGV[6], '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+return {'started', fence, attempt, redis.call('LRANGE', KEYS[6], 0, -1),
+        redis.call('HGETALL', KEYS[7]), redis.call('ZCOUNT', KEYS[8], ARGV[6], '+inf'),
+        oldest[2] or ''}
+"""
+
+# Record a finished run once, fenced: nothing is written unless the lock still holds our
+# fencing number. Status, history entry, idempotency key, counted change, state updates and
+# the site's next reconcile happen together, and the lock is released with the same write.
+_RECORD = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'lost'} end
+redis.call('DEL', KEYS[1])
+if redis.call('HEXISTS', KEYS[2], 'recorded') == 1 then return {'recorded'} end
+local hid = ''
+if ARGV[11] == '1' then
+  hid = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'run', ARGV[2])
+end
+redis.call('HSET', KEYS[2], 'status', ARGV[3], 'recorded', '1', 'finished_at', ARGV[4],
+           'record', ARGV[2], 'history_id', hid, 'view', ARGV[16])
+redis.call('SREM', KEYS[7], ARGV[7])
+redis.call('EXPIRE', KEYS[2], ARGV[10])
+redis.call('EXPIRE', KEYS[6], ARGV[10])
+if ARGV[9] == '1' then redis.call('SET', KEYS[4], ARGV[7], 'EX', ARGV[6]) end
+if ARGV[8] == '1' then
+  redis.call('ZADD', KEYS[5], ARGV[4], ARGV[7])
+  redis.call('ZREMRANGEBYSCORE', KEYS[5], 0, tonumber(ARGV[4]) - 86400)
+end
+local updates = cjson.decode(ARGV[12])
+for k, v in pairs(updates) do
+  if v == cjson.null or v == '' then redis.call('HDEL', KEYS[8], k)
+  else redis.call('HSET', KEYS[8], k, v) end
+end
+if ARGV[14] ~= '' then redis.call('ZADD', KEYS[9], ARGV[14], ARGV[13]) end
+if ARGV[15] ~= '' and redis.call('HGET', KEYS[8], 'dirty') == '1' then
+  redis.call('HDEL', KEYS[8], 'dirty')
+  redis.call('ZADD', KEYS[9], ARGV[4], ARGV[15])
+end
+return {'ok', hid}
 """
 
 
 @dataclass(frozen=True)
 class Begun:
     kind: str  # started | locked | done
+    fence: int = 0
     attempt: int = 0
     journal: list[JournalEntry] = field(default_factory=list)
+    state: dict[str, str] = field(default_factory=dict)
+    changes_last_hour: int = 0
+    oldest_change_at: float | None = None  # of those in the last hour
+    holder: str = ""  # locked: the fencing number of the holder; done: the run that handled it
+
+
+@dataclass(frozen=True)
+class Followups:
+    """What recording a run also does to the site, in the same atomic write."""
+
+    state: dict[str, str | None] = field(default_factory=dict)  # None or "" deletes the field
+    schedule_member: str = ""
+    schedule_at: float | None = None
+    dirty_member: str = ""  # reconcile again at once if a hint arrived while we held the lock
 
 
 class StateStore:
@@ -216,6 +320,7 @@ class StateStore:
         self.done_ttl = done_ttl
         self._record_script = redis.register_script(_RECORD)
         self._begin_script = redis.register_script(_BEGIN)
+        self._journal_script = redis.register_script(_JOURNAL)
         self._seen_sites: set[str] = set()
 
     # --- site state -------------------------------------------------------------------
@@ -224,6 +329,7 @@ class StateStore:
         return {_text(k): _text(v) for k, v in raw.items()}
 
     async def set_site_state(self, site: str, values: dict[str, str]) -> None:
+        """Write state fields outside any run (sources, pause/resume by a person)."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(self.keys.state(site), mapping=as_fields(values))
         pipe.sadd(self.keys.sites, site)
@@ -239,8 +345,8 @@ class StateStore:
         return None if value is None else _text(value)
 
     # --- locks ----------------------------------------------------------------------------
-    def site_lock(self, site: str, ttl: float, wait: float) -> SiteLock:
-        return SiteLock(self.redis, self.keys.lock(site), ttl, wait)
+    def site_lock(self, site: str, ttl: float) -> SiteLock:
+        return SiteLock(self.redis, self.keys.lock(site), self.keys.fence(site), ttl)
 
     def leader_lease(self, role: str, ttl: float) -> LeaderLease:
         return LeaderLease(self.redis, self.keys.leader(role), ttl)
@@ -252,51 +358,55 @@ class StateStore:
         site: str,
         run_id: str,
         worker: str,
-        meta: dict[str, str],
+        event_type: str,
         done_key: str,
+        *,
+        dirty_member: str = "",
+        dirty_at: float = 0.0,
     ) -> Begun:
-        """Take the site lock and mark the run started, in one step on the site's slot.
+        """Take the site lock and mark the run started, in one step.
 
-        ``locked``: someone else holds the site; ``done``: a run already handled ``done_key``;
-        ``started``: the lock is ours, with the attempt number and the run's journal so far.
+        ``locked``: someone else holds the site (with ``dirty_member``, the site is marked for
+        another reconcile once the holder finishes); ``done``: a run already handled
+        ``done_key``; ``started``: the lock is ours (``lock.fence``), with the attempt number,
+        the run's journal so far, the site's state and its automatic changes in the last hour.
         """
         await self._know_site(site)
+        now = time.time()
         reply = await self._begin_script(
             keys=[
                 lock.key,
+                lock.fence_key,
                 self.keys.done(site, done_key),
                 self.keys.run(site, run_id),
                 self.keys.active(site),
                 self.keys.journal(site, run_id),
+                self.keys.state(site),
+                self.keys.changes(site),
+                self.keys.schedule,
             ],
             args=[
-                lock.token,
                 lock.ttl_ms,
-                f"{time.time():.3f}",
+                f"{now:.3f}",
                 worker,
-                meta.get("event_type", ""),
-                meta.get("reason", ""),
+                event_type,
                 run_id,
+                f"{now - 3600:.3f}",
+                dirty_member,
+                f"{dirty_at:.3f}",
             ],
         )
         kind = _text(reply[0])
         if kind != "started":
-            return Begun(kind)
-        journal = [JournalEntry.from_json(_text(r)) for r in reply[2]]
-        return Begun(kind, int(reply[1]), journal)
-
-    async def precheck(self, site: str, key: str) -> tuple[str | None, dict[str, str], int]:
-        """What a handler needs, in one round trip: who handled ``key`` (if anyone), the
-        site's state, and its changes in the last hour."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.get(self.keys.done(site, key))
-        pipe.hgetall(self.keys.state(site))
-        pipe.zcount(self.keys.changes(site), time.time() - 3600, "+inf")
-        done, state, changes = await pipe.execute()
-        return (
-            None if done is None else _text(done),
-            {_text(k): _text(v) for k, v in state.items()},
-            int(changes),
+            return Begun(kind, holder=_text(reply[1]))
+        fence = int(reply[1])
+        lock.taken(fence)
+        journal = [JournalEntry.from_json(_text(r)) for r in reply[3]]
+        flat = [_text(v) for v in reply[4]]
+        state = dict(zip(flat[0::2], flat[1::2], strict=True))
+        oldest = _text(reply[6])
+        return Begun(
+            kind, fence, int(reply[2]), journal, state, int(reply[5]), float(oldest or 0) or None
         )
 
     async def _know_site(self, site: str) -> None:
@@ -326,8 +436,16 @@ class StateStore:
         rows = cast("list[tuple[bytes | str, float]]", reply)  # RESP2 (member, score) pairs
         return [(_text(name), float(ts)) for name, ts in rows]
 
-    async def journal_append(self, site: str, run_id: str, entry: JournalEntry) -> None:
-        await self.redis.rpush(self.keys.journal(site, run_id), entry.to_json())
+    async def journal_append(
+        self, site: str, run_id: str, entry: JournalEntry, lock: SiteLock
+    ) -> None:
+        """Append to the run's journal, only while ``lock`` is still ours."""
+        ok = await self._journal_script(
+            keys=[lock.key, self.keys.journal(site, run_id)], args=[lock.token, entry.to_json()]
+        )
+        if not ok:
+            lock.lost.set()
+            raise LockLost(f"site {site}: lock (fence {lock.fence}) lost; journal not written")
 
     async def journal(self, site: str, run_id: str) -> list[JournalEntry]:
         rows = await self.redis.lrange(self.keys.journal(site, run_id), 0, -1)
@@ -339,49 +457,77 @@ class StateStore:
     async def record(
         self,
         record: RunRecord,
+        lock: SiteLock,
+        *,
         done_key: str | None,
         changed: bool,
-        lock: SiteLock | None = None,
+        history: bool = True,
+        followups: Followups | None = None,
+        view: dict[str, str] | None = None,
     ) -> str | None:
-        """Record a finished run once: status, idempotency key and history, atomically (one
-        script on the site's hash slot).
+        """Record a finished run once, fenced by ``lock``, and release the lock.
 
-        Returns the history id, or None if the run was already recorded (a resumed run whose
-        first holder recorded it just before dying).
+        Returns the history id ("" when the run is kept out of the history), or None if the
+        run was recorded already (a resumed run whose first holder recorded it just before
+        dying). Raises ``LockLost`` when the lock no longer holds our fencing number: then
+        nothing at all was written.
         """
         site, run_id = record.site, record.run_id
         await self._know_site(site)
+        f = followups or Followups()
         now = time.time()
-        history_id = await self._record_script(
+        reply = await self._record_script(
             keys=[
+                lock.key,
                 self.keys.run(site, run_id),
                 self.keys.history(site),
                 self.keys.done(site, done_key or "-"),
                 self.keys.changes(site),
                 self.keys.journal(site, run_id),
                 self.keys.active(site),
-                *([lock.key] if lock else []),
+                self.keys.state(site),
+                self.keys.schedule,
             ],
             args=[
+                lock.token,
                 record.model_dump_json(),
                 record.outcome,
                 f"{now:.3f}",
                 self.history_maxlen,
                 self.done_ttl,
                 run_id,
-                f"{now:.3f}",
                 int(changed),
                 int(bool(done_key)),
                 max(self.done_ttl, 86400),
-                lock.token if lock else "",
+                int(history),
+                json.dumps(f.state),
+                f.schedule_member,
+                "" if f.schedule_at is None else f"{f.schedule_at:.3f}",
+                f.dirty_member,
+                json.dumps(view or {}),
             ],
         )
-        if lock is not None:
-            lock.held = False  # the script released it (or it was no longer ours)
-        return None if history_id is None else _text(history_id)
+        await lock.stop_renewing()
+        lock.held = False  # the script released it (or it was no longer ours)
+        kind = _text(reply[0])
+        if kind == "lost":
+            lock.lost.set()
+            raise LockLost(
+                f"site {site}: lock (fence {lock.fence}) lost; run {run_id} not recorded"
+            )
+        if kind == "recorded":
+            return None
+        return _text(reply[1])
 
     async def changes_since(self, site: str, seconds: float) -> int:
         return int(await self.redis.zcount(self.keys.changes(site), time.time() - seconds, "+inf"))
+
+    async def oldest_change_since(self, site: str, seconds: float) -> float | None:
+        rows = await self.redis.zrangebyscore(
+            self.keys.changes(site), time.time() - seconds, "+inf", start=0, num=1, withscores=True
+        )
+        pairs = cast("list[tuple[bytes | str, float]]", rows)
+        return float(pairs[0][1]) if pairs else None
 
     async def history(self, site: str | None = None, limit: int = 20) -> list[RunRecord]:
         """Newest first; across all sites, merged by time."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import socket
@@ -23,8 +24,9 @@ from pydantic import ValidationError
 from bot.events import Event, EventError, describe
 from bot.models import RunRecord
 from bot.queue import Delivery
-from bot.runner import Runner
+from bot.runner import MANUAL_SOURCES, Busy, Runner
 from bot.services import Services
+from bot.state import LockLost
 from handlers.base import Handler, SiteView
 
 log = logging.getLogger("tunnelwarden.worker")
@@ -70,6 +72,16 @@ class Worker:
         keeper = asyncio.create_task(self._keep_alive(stop), name="keep-alive")
         reclaimer = asyncio.create_task(self._reclaim_loop(stop), name="reclaim")
         acker = asyncio.create_task(self._ack_loop(), name="acks")
+        settings = self.services.settings
+        scheduler = asyncio.create_task(
+            self.services.scheduler.run(
+                stop,
+                tick=settings.scheduler.tick,
+                sites=lambda: list(settings.sites),
+                resync_interval=settings.scheduler.resync_interval,
+            ),
+            name="scheduler",
+        )
         try:
             while not stop.is_set():
                 self.last_poll = time.monotonic()
@@ -82,7 +94,7 @@ class Worker:
         finally:
             self.running = False
             await self._drain()
-            for task in (keeper, reclaimer, acker):
+            for task in (keeper, reclaimer, acker, scheduler):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -201,6 +213,11 @@ class Worker:
             await self._handle(delivery)
         except asyncio.CancelledError:
             raise
+        except LockLost as exc:
+            # Another worker holds the site now and resumes the run from its journal; this
+            # one writes nothing more (not even an error note) and leaves the entry alone.
+            self.services.metrics.locks_lost.inc()
+            log.warning("event %s: %s", delivery.entry_id, self.redact(str(exc)))
         except Exception as exc:
             # Left unacknowledged: after the visibility timeout a worker tries again, and
             # after max_deliveries it is dead-lettered with this error.
@@ -210,7 +227,7 @@ class Worker:
                 await self.services.queue.note_error(delivery.entry_id, error)
 
     async def _handle(self, delivery: Delivery) -> None:
-        queue, state, metrics = self.services.queue, self.services.state, self.services.metrics
+        queue, metrics = self.services.queue, self.services.metrics
         if delivery.fields is None:
             log.warning("entry %s was trimmed before it was handled", delivery.entry_id)
             await queue.ack(delivery.entry_id)
@@ -231,66 +248,63 @@ class Worker:
             await self._dead_letter(delivery, f"{event.type}: {describe(exc)}")
             return
         extra = {"event": event.id, "type": event.type, "site": event.site}
-        handled_by, site_state, changes = await state.precheck(event.site, event.idempotency_key)
-        if handled_by is not None:
-            metrics.duplicates.inc()
-            log.info("duplicate of handled key %s", event.idempotency_key, extra=extra)
-            await self._follow_up_once(handler, event, data, handled_by)
+        try:
+            handled = await self.runner.reconcile(event, handler, data)
+        except Busy:
+            metrics.coalesced.inc()
+            log.debug("site busy: hint folded into the reconcile it is owed", extra=extra)
             await self._ack(delivery)
             return
+        if handled is None:
+            metrics.duplicates.inc()
+            log.info("duplicate of handled key %s", event.idempotency_key, extra=extra)
+            await self._follow_up_once(handler, event, data)
+            await self._ack(delivery)
+            return
+        record = handled.record
+        # A converged target is the steady state: not worth a line each time at INFO.
+        quiet = record.outcome in ("no_changes", "skipped", "superseded")
+        log.log(
+            logging.DEBUG if quiet else logging.INFO,
+            "run %s: %s in %.2fs",
+            record.run_id,
+            record.outcome,
+            record.duration_s,
+            extra=extra,
+        )
+        await self._follow_up(handler, event, data, record, handled.view)
+        await self._ack(delivery)
+
+    async def _follow_up(
+        self, handler: Handler, event: Event, data: Any, record: RunRecord, view: SiteView
+    ) -> None:
+        """After a run is recorded: tell people (once; a crash before marking it resends)."""
+        notifications = self.services.notifications
+        if handler.describe is None or not notifications.enabled:
+            return
+        url = notifications.run_url(event.site, record.run_id)
+        message = handler.describe(event, data, record, url, view)
+        if message is None or await self.services.state.notified(event.site, record.run_id):
+            return
+        await notifications.send(message)
+        await self.services.state.mark_notified(event.site, record.run_id)
+
+    async def _follow_up_once(self, handler: Handler, event: Event, data: Any) -> None:
+        """A redelivered event whose run was recorded: finish what its worker may not have."""
+        state = self.services.state
+        record = await state.recorded(event.site, event.id)
+        if record is None or await state.notified(event.site, event.id):
+            return
+        info = await state.run_info(event.site, event.id)
+        view_state = json.loads(info.get("view") or "{}")
         settings = self.services.settings
         view = SiteView(
             site=event.site,
             config=settings.sites.get(event.site),
             policy=settings.policy_for(event.site),
-            state=site_state,
-            changes_last_hour=changes,
+            state=view_state,
+            changes_last_hour=0,
+            fence=record.fence,
+            manual=event.source in MANUAL_SOURCES,
         )
-        decision = await handler.decide(event, data, view)
-        if not decision.playbooks:
-            record: RunRecord | None = await self.runner.record_skip(event, decision)
-            log.debug("skipped: %s", decision.reason, extra=extra)
-        else:
-            names = [c.name for c in decision.playbooks]
-            log.debug("decided %s: %s", names, decision.reason or event.type, extra=extra)
-            record = await self.runner.execute(event, decision)
-        if record is None:
-            metrics.duplicates.inc()
-        else:
-            # A converged target is the steady state: not worth a line each time at INFO.
-            level = logging.DEBUG if record.outcome in ("no_changes", "skipped") else logging.INFO
-            log.log(
-                level,
-                "run %s: %s in %.2fs",
-                record.run_id,
-                record.outcome,
-                record.duration_s,
-                extra=extra,
-            )
-            await self._follow_up(handler, event, data, record)
-        await self._ack(delivery)
-
-    async def _follow_up(
-        self, handler: Handler, event: Event, data: Any, record: RunRecord
-    ) -> None:
-        """After a run is recorded: remember what it established, tell people (once)."""
-        state = self.services.state
-        if handler.remember is not None:
-            updates = handler.remember(event, data, record)
-            if updates:
-                await state.set_site_state(event.site, updates)
-        notifications = self.services.notifications
-        if handler.describe is None or not notifications.enabled:
-            return
-        url = notifications.run_url(event.site, record.run_id)
-        message = handler.describe(event, data, record, url)
-        if message is None or await state.notified(event.site, record.run_id):
-            return
-        await notifications.send(message)
-        await state.mark_notified(event.site, record.run_id)
-
-    async def _follow_up_once(self, handler: Handler, event: Event, data: Any, run_id: str) -> None:
-        """A redelivered event whose run was recorded: finish what its worker may not have."""
-        record = await self.services.state.recorded(event.site, run_id)
-        if record is not None and record.run_id == event.id:
-            await self._follow_up(handler, event, data, record)
+        await self._follow_up(handler, event, data, record, view)

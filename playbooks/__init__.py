@@ -10,12 +10,13 @@ from playbooks.base import Playbook
 def builtin() -> dict[str, Playbook[Any]]:
     """Name → playbook instance, for every playbook this build ships."""
     from playbooks.azure.connection import ResetConnection, VerifyTunnel
-    from playbooks.azure.local_gateway import UpdateLocalGateway
+    from playbooks.azure.local_gateway import RecreateConnection, UpdateLocalGateway
     from playbooks.notify import Notify
     from playbooks.testing import Noop, Sleep
 
     found: list[Playbook[Any]] = [
         UpdateLocalGateway(),
+        RecreateConnection(),
         ResetConnection(),
         VerifyTunnel(),
         Notify(),

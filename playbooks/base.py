@@ -5,6 +5,12 @@ when converged; a dry-run is ``plan`` alone), ``apply`` makes them in journaled 
 ``verify`` checks the outcome. Every step goes through ``ctx.step``, which journals it before
 and after; a run resumed by another worker skips the steps the journal shows done and gets
 their recorded results back, so a crash never applies a step twice or forgets one.
+
+Steps are not retried here: the clients own HTTP retries (azure-core's policy), and after a
+failure the runner re-reads the target and plans again. A step whose outcome is unknown (it
+started, then the worker died or the call failed after it was sent) runs its ``on_unknown``
+instead when it has one: that is how a reset that must not be repeated is judged by reading.
+Before each step the run proves it still holds the site (its lock's fencing number).
 """
 
 from __future__ import annotations
@@ -17,13 +23,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar, cast
 
+from cryptography.fernet import InvalidToken
 from pydantic import BaseModel, ConfigDict, JsonValue
 
 from bot.config import Policy, SiteConfig
-from bot.models import Plan
-from bot.retry import PermanentError, call_with_retries
+from bot.models import Change, Plan
+from bot.retry import PermanentError, TransientError
 from bot.services import Services
-from bot.state import JournalEntry
+from bot.state import JournalEntry, SiteLock
+
+PLAYBOOK_STEP = ":playbook"  # journal step name of a whole playbook (steps may not start with ':')
 
 P = TypeVar("P", bound=BaseModel)
 T = TypeVar("T")
@@ -44,33 +53,62 @@ class RunContext:
     site_config: SiteConfig | None
     journal: list[JournalEntry] = field(default_factory=list)
     dry_run: bool = False
+    lock: SiteLock | None = None  # None for a dry-run
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("tunnelwarden.run"))
+
+    def _mine(self) -> list[JournalEntry]:
+        return [e for e in self.journal if e.playbook == self.index]
 
     def done_steps(self) -> dict[str, Any]:
         """Steps of this playbook the journal shows finished, with their recorded data."""
-        return {
-            e.step: e.data for e in self.journal if e.playbook == self.index and e.phase == "done"
-        }
+        return {e.step: e.data for e in self._mine() if e.phase == "done"}
+
+    def started(self) -> bool:
+        """True if this playbook began changing its target in this run (maybe before a crash)."""
+        return any(e.step == PLAYBOOK_STEP and e.phase == "start" for e in self._mine())
+
+    def planned_changes(self) -> list[Change]:
+        """The changes this playbook planned when it started (journaled, survives a crash)."""
+        for e in self._mine():
+            if e.step == PLAYBOOK_STEP and e.phase == "start" and isinstance(e.data, dict):
+                return [Change.model_validate(c) for c in e.data.get("changes", [])]
+        return []
 
     async def note(
         self, step: str, phase: str, data: JsonValue = None, *, sealed: bool = False
     ) -> None:
-        """Journal a step boundary; secrets are masked (sealed data is ciphertext already)."""
+        """Journal a step boundary; secrets are masked (sealed data is ciphertext already).
+
+        Written only while the run holds its site lock (``LockLost`` otherwise)."""
         if not sealed:
             data = self.services.redact.tree(data)
         entry = JournalEntry(time.time(), self.worker, self.index, step, phase, data)
-        self.journal.append(entry)
         if not self.dry_run:
-            await self.services.state.journal_append(self.site, self.run_id, entry)
+            assert self.lock is not None, "a run that writes a journal holds a lock"
+            await self.services.state.journal_append(self.site, self.run_id, entry, self.lock)
+        self.journal.append(entry)
+
+    async def guard(self) -> None:
+        """Before an external change: prove the site is still ours (``LockLost`` if not)."""
+        if self.lock is not None:
+            await self.lock.check()
 
     async def step(
-        self, name: str, action: Callable[[], Awaitable[T]], *, secret: bool = False
+        self,
+        name: str,
+        action: Callable[[], Awaitable[T]],
+        *,
+        secret: bool = False,
+        on_unknown: Callable[[], Awaitable[T]] | None = None,
     ) -> T:
-        """Run ``action`` once across crashes: journal it, retry transient faults.
+        """Run ``action`` once across crashes and re-plans, journaled before and after.
 
-        The action's result must be JSON-serialisable; with ``secret=True`` it is encrypted
-        with the operator's journal key before it is written (and the step refuses to run
-        without one).
+        A step the journal shows done returns its recorded result. A step that started before
+        without finishing (crash, or a failure after the request went out) runs ``on_unknown``
+        when given (judge by reading; never repeat what must not be repeated), else the
+        action again (it must then be idempotent, like a PUT of the desired state). The
+        result must be JSON-serialisable; with ``secret=True`` it is encrypted with the
+        journal key before it is written (and the step refuses to start without one).
         """
         done = self.done_steps()
         if name in done:
@@ -83,11 +121,12 @@ class RunContext:
                 "(security.journal_key)",
                 code="JournalKeyMissing",
             )
-        await self.note(name, "start")
+        tried = any(e.step == name and e.phase in ("start", "failed") for e in self._mine())
+        runner = on_unknown if tried and on_unknown is not None else action
+        await self.guard()
+        await self.note(name, "resumed" if runner is on_unknown else "start")
         try:
-            value = await call_with_retries(
-                action, self.policy.retry_attempts, self.policy.retry_max_delay
-            )
+            value = await runner()
         except Exception as exc:
             await self.note(name, "failed", f"{type(exc).__name__}: {exc}"[:500])
             raise
@@ -103,13 +142,28 @@ class RunContext:
         return self.services.journal_cipher.encrypt(json.dumps(value).encode()).decode()
 
     def _unseal(self, token: Any) -> Any:
+        """Decrypt a journaled secret. A worker without the key (or with a rotated set that no
+        longer holds it) fails *transiently*: another worker may hold it, and the run must not
+        be given up after the destructive step it protects."""
         cipher = self.services.journal_cipher
         if cipher is None:
-            raise PermanentError(
-                "the journal holds an encrypted step and no journal key is configured",
-                code="JournalKeyMissing",
+            raise JournalKeyUnavailable(
+                "the journal holds an encrypted step and this worker has no journal key "
+                "(security.journal_key)"
             )
-        return json.loads(cipher.decrypt(str(token).encode()))
+        try:
+            return json.loads(cipher.decrypt(str(token).encode()))
+        except InvalidToken:
+            raise JournalKeyUnavailable(
+                "the journal holds a step encrypted with a key this worker does not have "
+                "(rotated away?); keep old keys in security.journal_key until runs finish"
+            ) from None
+
+
+class JournalKeyUnavailable(TransientError):
+    """This worker cannot read a journaled secret; another worker (or a restart) may."""
+
+    code = "JournalKeyUnavailable"
 
 
 class Playbook(ABC, Generic[P]):
@@ -120,8 +174,12 @@ class Playbook(ABC, Generic[P]):
     permissions: ClassVar[tuple[str, ...]] = ()
     params_model: type[P]
 
-    def parse(self, raw: dict[str, Any]) -> P:
-        return self.params_model.model_validate(raw)
+    def parse(self, raw: dict[str, Any], *, allow_documentation: bool = False) -> P:
+        """Validate parameters; address parameters follow the same rules as every other entry
+        point (``bot.sources.ipcheck``), which need to know if documentation ranges count."""
+        return self.params_model.model_validate(
+            raw, context={"allow_documentation": allow_documentation}
+        )
 
     @abstractmethod
     async def plan(self, ctx: RunContext, params: P) -> Plan: ...

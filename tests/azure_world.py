@@ -103,6 +103,8 @@ def azure_settings(prefix: str, tmp_path: Path, port: int, **overrides: Any) -> 
             "endpoint": f"http://127.0.0.1:{port}",
             "subscription_id": SUB,
             "polling_interval": 0,
+            "retry_backoff_factor": 0.01,
+            "settle_timeout": 20,
         },
         sites={
             "home": {

@@ -91,7 +91,12 @@ def make_settings(prefix: str, tmp_path: Path, **overrides: Any) -> Settings:
     base: dict[str, Any] = {
         "redis": {"prefix": prefix, "state_dir": str(tmp_path / "state")},
         "worker": dict(FAST_WORKER),
-        "policies": {"lock_ttl": 2.0, "lock_wait": 30.0, "retry_max_delay": 0.5},
+        "policies": {
+            "lock_ttl": 2.0,
+            "lock_wait": 30.0,
+            "retry_base_delay": 0.1,
+            "retry_max_delay": 0.5,
+        },
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):

@@ -17,6 +17,8 @@ from bot.models import Decision, PlaybookCall, RunRecord
 from bot.services import Services
 from bot.sim.arm import start_arm_sim
 from bot.sim.world import World
+from handlers.base import Handler, SiteView
+from playbooks.base import NoParams
 from tests.azure_world import (
     CONNECTION_SETTINGS,
     NEW_IP,
@@ -81,22 +83,29 @@ def writes(w: World) -> int:
     return int(w.counters.totals().writes)
 
 
+def chain(*calls: PlaybookCall) -> Handler:
+    """A handler that decides exactly these playbooks (the runner's input, as a test sets it)."""
+
+    async def decide(event: Event, data: NoParams, view: SiteView) -> Decision:
+        return Decision(playbooks=list(calls), reason="test")
+
+    return Handler("test.chain", NoParams, decide)
+
+
 async def execute(services: Services, *calls: PlaybookCall) -> RunRecord:
     worker = build_worker(services, "t")
-    event = Event.new(
-        "playbook.requested",
-        "home",
-        source="test",
-        data={"playbook": calls[0].name, "params": calls[0].params},
-        idempotency_key=uuid.uuid4().hex,
-    )
-    record = await worker.runner.execute(event, Decision(playbooks=list(calls), reason="test"))
-    assert record is not None
-    return record
+    event = Event.new("test.chain", "home", source="test", idempotency_key=uuid.uuid4().hex)
+    handled = await worker.runner.reconcile(event, chain(*calls), NoParams())
+    assert handled is not None
+    return handled.record
 
 
-def update(ip: str = NEW_IP, strategy: str = "in-place") -> PlaybookCall:
-    return PlaybookCall(name="update-local-gateway", params={"ip": ip, "strategy": strategy})
+def update(ip: str = NEW_IP) -> PlaybookCall:
+    return PlaybookCall(name="update-local-gateway", params={"ip": ip})
+
+
+def recreate(ip: str = NEW_IP, confirmed: bool = True) -> PlaybookCall:
+    return PlaybookCall(name="recreate-connection", params={"ip": ip}, confirmed=confirmed)
 
 
 VERIFY = PlaybookCall(name="verify-tunnel", params={"timeout": 10, "interval": 0.05})
@@ -153,7 +162,7 @@ async def test_recreate_preserves_every_setting_and_keeps_the_key_out_of_the_jou
     before = settings_of(connections(w)[0])
     w.set_device("fritzbox-home", public_ip=NEW_IP)
 
-    record = await execute(az, update(strategy="recreate"), VERIFY)
+    record = await execute(az, recreate(), VERIFY)
 
     assert record.outcome == "ok", record
     (conn,) = connections(w)
@@ -177,9 +186,9 @@ async def test_recreate_refuses_without_a_journal_key(
     services = Services.build(settings, client)
     w.set_device("fritzbox-home", public_ip=NEW_IP)
     try:
-        plan = await build_worker(services, "t").runner.plan("home", update(strategy="recreate"))
+        plan = await build_worker(services, "t").runner.plan("home", recreate())
         assert "recreate needs security.journal_key" in plan.notes[0]
-        record = await execute(services, update(strategy="recreate"))
+        record = await execute(services, recreate())
     finally:
         await services.azure.close()
         await client.aclose()
@@ -199,8 +208,10 @@ async def test_throttling_storm_is_survived_with_retry_after(
     record = await execute(az, update(), VERIFY)
     assert record.outcome == "ok", record
     assert lng_of(w)["properties"]["gatewayIpAddress"] == NEW_IP
-    # Three throttled PUTs and one that went through: the SDK did not retry on its own.
-    assert w.counters.get(lng_of(w)["id"].lower()).writes == 4
+    # Three throttled PUTs (azure-core honoured each Retry-After) and one that went through.
+    counter = w.counters.get(lng_of(w)["id"].lower())
+    assert (counter.writes, counter.faults) == (4, 3)
+    assert len(record.playbooks[0].changes) == 1
 
 
 async def test_a_busy_resource_is_tried_again(sim: tuple[World, int], az: Services) -> None:
@@ -234,6 +245,7 @@ async def test_failed_lro_and_permanent_errors_are_reported(
     failed = await execute(az, update())
     assert failed.outcome == "failed"
     assert "gateway update failed" in (failed.playbooks[0].error or "")
+    assert failed.playbooks[0].retry, "a failed operation is worth a later reconcile"
     w.faults.clear()
 
     w.add_fault(
@@ -247,6 +259,7 @@ async def test_failed_lro_and_permanent_errors_are_reported(
     denied = await execute(az, update(ip="203.0.113.99"))
     assert denied.outcome == "failed"
     assert denied.playbooks[0].error_code == "AuthorizationFailed"
+    assert not denied.playbooks[0].retry, "a 403 needs a person, not a retry"
     assert w.counters.get(lng_of(w)["id"].lower()).reads >= 1
 
 

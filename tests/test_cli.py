@@ -8,7 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
+from bot.events import Event
+from bot.keys import Keys
 from tests.conftest import cli_env, tunnelwarden
 
 
@@ -25,10 +28,19 @@ def tw(
     )
 
 
-def tw_json(redis_url: str, prefix: str, *args: str) -> Any:
-    result = tw(redis_url, prefix, *args, "--json")
+def tw_json(redis_url: str, prefix: str, *args: str, env: dict[str, str] | None = None) -> Any:
+    result = tw(redis_url, prefix, *args, "--json", env=env)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> dict[str, str]:
+    """A config with one site, ``home`` (the gate refuses unknown sites), as the environment
+    the commands run with."""
+    path = tmp_path / "home.toml"
+    path.write_text('[sites.home]\ndescription = "at home"\n')
+    return {"TUNNELWARDEN_CONFIG": str(path)}
 
 
 GOOD = """
@@ -170,13 +182,21 @@ def test_secret_from_file_and_env(tmp_path: Path, redis_url: str, prefix: str) -
     assert "not-a-key" not in result.stdout
 
 
-def test_emit_run_history_status_and_dead_letters_json(redis_url: str, prefix: str) -> None:
-    emitted = tw_json(redis_url, prefix, "emit", "made.up", "--site", "home")
-    assert emitted["event"]["type"] == "made.up"
+def test_emit_run_history_status_and_dead_letters_json(
+    redis_url: str, prefix: str, home: dict[str, str]
+) -> None:
+    emitted = tw_json(redis_url, prefix, "emit", "test.noop", "--site", "home", env=home)
+    assert emitted["result"] == "queued"
+    assert emitted["event"]["type"] == "test.noop"
     assert emitted["event"]["schema"] == 1
+    # What a newer (or broken) source might leave on the stream: dead-lettered, not dropped.
+    stray = Event.new("made.up", "home", source="elsewhere")
+    client = redis.Redis.from_url(redis_url)
+    client.xadd(Keys(prefix).stream, {"event": stray.to_wire()})
+    client.close()
 
     # No worker is running: `playbook run` runs one locally until its own run is recorded,
-    # which also drains the bad event queued above into the dead letters.
+    # which also drains the events queued above.
     record = tw_json(
         redis_url,
         prefix,
@@ -189,6 +209,7 @@ def test_emit_run_history_status_and_dead_letters_json(redis_url: str, prefix: s
         "seconds=0.05",
         "--param",
         "steps=2",
+        env=home,
     )
     assert record["outcome"] == "ok"
     assert record["event_type"] == "playbook.requested"
@@ -196,30 +217,32 @@ def test_emit_run_history_status_and_dead_letters_json(redis_url: str, prefix: s
     assert record["playbooks"][0]["detail"] == "slept 2 x 0.05s"
     assert set(record) >= {"run_id", "site", "outcome", "playbooks", "started_at", "finished_at"}
 
-    history = tw_json(redis_url, prefix, "history", "--site", "home", "--limit", "5")
-    assert [h["run_id"] for h in history] == [record["run_id"]]
+    history = tw_json(redis_url, prefix, "history", "--site", "home", "--limit", "5", env=home)
+    assert record["run_id"] in [h["run_id"] for h in history]
 
-    status = tw_json(redis_url, prefix, "status")
+    status = tw_json(redis_url, prefix, "status", env=home)
     assert set(status) == {"queue", "workers", "sites"}
     assert status["queue"]["lag"] == 0 and status["queue"]["dead_letters"] == 1
-    (home,) = status["sites"]
-    assert home["name"] == "home" and home["last_run"]["run_id"] == record["run_id"]
+    (site,) = status["sites"]
+    assert site["name"] == "home"
 
-    dead = tw_json(redis_url, prefix, "dead-letters")
+    dead = tw_json(redis_url, prefix, "dead-letters", env=home)
     assert isinstance(dead, list) and len(dead) == 1
     assert dead[0]["reason"] == "unknown event type 'made.up'"
-    assert json.loads(dead[0]["raw"]["event"])["id"] == emitted["event"]["id"]
+    assert json.loads(dead[0]["raw"]["event"])["id"] == stray.id
 
 
-def test_human_output_uses_tables(redis_url: str, prefix: str) -> None:
-    run = tw(redis_url, prefix, "playbook", "run", "noop", "--site", "home")
+def test_human_output_uses_tables(redis_url: str, prefix: str, home: dict[str, str]) -> None:
+    run = tw(redis_url, prefix, "playbook", "run", "noop", "--site", "home", env=home)
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("no_changes playbook.requested on home")
-    listing = tw(redis_url, prefix, "history")
+    listing = tw(redis_url, prefix, "history", env=home)
     assert "┃ site" in listing.stdout and "no_changes" in listing.stdout
 
 
-def test_dry_run_shows_the_plan_and_writes_nothing(redis_url: str, prefix: str) -> None:
+def test_dry_run_shows_the_plan_and_writes_nothing(
+    redis_url: str, prefix: str, home: dict[str, str]
+) -> None:
     plan = tw_json(
         redis_url,
         prefix,
@@ -231,6 +254,7 @@ def test_dry_run_shows_the_plan_and_writes_nothing(redis_url: str, prefix: str) 
         "--param",
         "message=hello",
         "--dry-run",
+        env=home,
     )
     assert plan == {
         "playbook": "notify",
@@ -240,28 +264,63 @@ def test_dry_run_shows_the_plan_and_writes_nothing(redis_url: str, prefix: str) 
         "changes": [{"target": "site home", "field": "notify", "old": None, "new": "hello"}],
         "notes": [],
     }
-    assert tw_json(redis_url, prefix, "history") == []
-    assert tw_json(redis_url, prefix, "status")["queue"]["length"] == 0
+    assert tw_json(redis_url, prefix, "history", env=home) == []
+    assert tw_json(redis_url, prefix, "status", env=home)["queue"]["length"] == 0
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["emit", "ip.changed", "--site", "Bad Site"], "site: String should match pattern"),
+        (["emit", "ip.changed", "--site", "Bad Site"], "unknown site 'Bad Site' (sites: home)"),
         (["emit", "ip.changed", "--site", "home", "--data", "[1]"], "must be a JSON object"),
+        (["emit", "made.up", "--site", "home"], "unknown event type 'made.up'"),
+        (["emit", "ip.chnaged", "--site", "home"], "unknown event type 'ip.chnaged'"),
+        (["emit", "ip.changed", "--site", "home", "--data", '{"ip": "10.1.1.1"}'], "private"),
+        (["emit", "ip.changed", "--site", "home", "--data", "{}"], "ip.changed: ip: Field"),
         (["playbook", "run", "nope", "--site", "home", "--dry-run"], "unknown playbook 'nope'"),
+        (["playbook", "run", "noop", "--site", "office"], "unknown site 'office'"),
         (
             ["playbook", "run", "sleep", "--site", "home", "--param", "x", "--dry-run"],
             "expected k=v",
         ),
+        (
+            ["playbook", "run", "sleep", "--site", "home", "--param", "naps=2"],
+            "sleep: naps: Extra inputs are not permitted",
+        ),
+        (
+            ["playbook", "run", "update-local-gateway", "--site", "home", "--param", "ip=10.0.0.1"],
+            "update-local-gateway: ip: 10.0.0.1 is not usable (private)",
+        ),
+        (
+            [
+                "playbook",
+                "run",
+                "update-local-gateway",
+                "--site",
+                "home",
+                "--param",
+                "ip=100.64.1.1",
+            ],
+            "(cgnat)",
+        ),
+        (
+            ["playbook", "run", "recreate-connection", "--site", "home"],
+            "recreate-connection is destructive; site home does not allow destructive",
+        ),
     ],
 )
-def test_bad_input_is_a_clear_error(
-    redis_url: str, prefix: str, args: list[str], message: str
+def test_bad_input_is_a_clear_error_and_queues_nothing(
+    redis_url: str, prefix: str, home: dict[str, str], args: list[str], message: str
 ) -> None:
-    result = tw(redis_url, prefix, *args)
-    assert result.returncode == 2
-    assert message in " ".join((result.stdout + result.stderr).split())
+    """One gate for every entry point: the same refusals for a dry-run and a real run, one
+    line each, and nothing queued."""
+    result = tw(redis_url, prefix, *args, env=home)
+    assert result.returncode == 2, result.stdout + result.stderr
+    text = " ".join((result.stdout + result.stderr).split())
+    assert message in text
+    assert "Traceback" not in text and "errors.pydantic.dev" not in text
+    assert len((result.stdout + result.stderr).strip().splitlines()) == 1
+    assert tw_json(redis_url, prefix, "status", env=home)["queue"]["length"] == 0
 
 
 def test_playbook_list_json() -> None:

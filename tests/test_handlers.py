@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import time
+
 from bot.config import Policy, SiteConfig
 from bot.events import Event
 from bot.models import Change, PlaybookResult, RunRecord
 from handlers.base import SiteView
-from handlers.ip import IpChanged, decide_changed, describe_changed, remember_changed
+from handlers.site import IpChanged, Reconcile, decide, describe, remember
 
 AZURE = SiteConfig(resource_group="rg", local_network_gateway="lng", connection="conn")
+DESIRED = {"ip.v4": "203.0.113.7", "ip.v4.seq": "3", "ip.v4.previous": "198.51.100.4"}
 
 
 def view(**kw: object) -> SiteView:
@@ -16,93 +19,171 @@ def view(**kw: object) -> SiteView:
         "site": "home",
         "config": AZURE,
         "policy": Policy(),
-        "state": {},
+        "state": dict(DESIRED),
         "changes_last_hour": 0,
     }
     base.update(kw)
     return SiteView(**base)  # type: ignore[arg-type]
 
 
-def changed(ip: str = "203.0.113.7", family: str = "v4") -> tuple[Event, IpChanged]:
-    data = IpChanged(ip=ip, family=family, previous="198.51.100.4")  # type: ignore[arg-type]
-    return Event.new("ip.changed", "home", source="test", data=data.model_dump()), data
+def changed(ip: str = "203.0.113.7", family: str = "v4", seq: int = 3) -> tuple[Event, IpChanged]:
+    data = IpChanged(ip=ip, family=family, previous="198.51.100.4", seq=seq)  # type: ignore[arg-type]
+    return Event.new("ip.changed", "home", source="dyndns2", data=data.model_dump()), data
 
 
-async def test_new_ip_runs_update_then_verify_with_reset_as_fallback() -> None:
-    event, data = changed()
-    decision = await decide_changed(event, data, view())
+async def test_the_desired_state_decides_not_the_hint() -> None:
+    """A hint carrying .9 while the state says .7 converges to .7: the payload is never the
+    target (a hint that is not older than the state only says 'look again')."""
+    event, data = changed(ip="198.51.100.9", seq=3)
+    decision = await decide(event, data, view())
     update, verify = decision.playbooks
     assert (update.name, update.params) == ("update-local-gateway", {"ip": "203.0.113.7"})
     assert verify.name == "verify-tunnel"
     (reset,) = verify.on_failure
     assert reset.name == "reset-connection" and reset.on_failure == []
-    assert decision.reason == "public IP changed 198.51.100.4 -> 203.0.113.7"
+    assert decision.reason == "public IP changed 198.51.100.4 -> 203.0.113.7 (observation 3)"
+
+
+async def test_an_older_observation_is_superseded() -> None:
+    event, data = changed(ip="198.51.100.100", seq=2)
+    decision = await decide(event, data, view())
+    assert decision.playbooks == [] and decision.outcome == "superseded"
+    assert "superseded by observation 3 (203.0.113.7)" in decision.reason
+
+
+async def test_a_resync_converges_the_same_way() -> None:
+    event = Event.new("site.reconcile", "home", source="scheduler")
+    decision = await decide(event, Reconcile(), view())
+    assert [c.name for c in decision.playbooks] == ["update-local-gateway", "verify-tunnel"]
+    assert decision.reason == "re-check: LNG at 203.0.113.7"
+    retry = view(state={**DESIRED, "reconcile.status": "retrying", "reconcile.attempt": "2"})
+    assert (await decide(event, Reconcile(), retry)).reason == "retry 2: LNG at 203.0.113.7"
+    unknown = await decide(event, Reconcile(), view(state={}))
+    assert [c.name for c in unknown.playbooks] == ["verify-tunnel"]
 
 
 async def test_recreate_is_only_chained_where_policy_allows() -> None:
     event, data = changed()
-    decision = await decide_changed(event, data, view(policy=Policy(allow_destructive=True)))
+    decision = await decide(event, data, view(policy=Policy(allow_destructive=True)))
     reset = decision.playbooks[1].on_failure[0]
     recreate, verify = reset.on_failure
-    assert recreate.params == {"ip": "203.0.113.7", "strategy": "recreate"}
+    assert (recreate.name, recreate.params) == ("recreate-connection", {"ip": "203.0.113.7"})
     assert verify.name == "verify-tunnel"
+    plain = await decide(event, data, view())
+    assert plain.playbooks[1].on_failure[0].on_failure == []
 
 
 async def test_reasons_not_to_act() -> None:
     event, data = changed()
     cases = {
-        "203.0.113.7 is already applied": view(state={"applied.v4": "203.0.113.7"}),
         "site home is paused": view(policy=Policy(paused=True)),
-        "rate limit: 6 changes in the last hour (max 6)": view(changes_last_hour=6),
         "site home has no Azure resources configured": view(config=None),
     }
     for reason, site_view in cases.items():
-        decision = await decide_changed(event, data, site_view)
+        decision = await decide(event, data, site_view)
         assert decision.playbooks == [] and decision.reason == reason
+        assert decision.retry_at is None
     v6_event, v6 = changed("2001:db8::7", "v6")
-    assert (await decide_changed(v6_event, v6, view())).playbooks == []
+    assert (await decide(v6_event, v6, view())).playbooks == []
 
 
-def record(outcome: str, *results: PlaybookResult) -> RunRecord:
+async def test_rate_limit_holds_automatic_changes_until_the_window_allows() -> None:
+    event, data = changed()
+    oldest = time.time() - 600
+    held = await decide(event, data, view(changes_last_hour=6, oldest_change_at=oldest))
+    assert held.playbooks == []
+    assert held.reason == "rate limit: 6 automatic changes in the last hour (max 6)"
+    assert held.retry_at == oldest + 3601
+    manual = Event.new("ip.changed", "home", source="cli", data=data.model_dump())
+    by_hand = await decide(manual, data, view(changes_last_hour=6, manual=True))
+    assert by_hand.playbooks, "a person's request is not held by the automatic limit"
+
+
+def record(outcome: str, *results: PlaybookResult, retry_at: float | None = None) -> RunRecord:
     return RunRecord(
         run_id="r1",
         site="home",
         event_type="ip.changed",
         event_source="test",
         idempotency_key="k",
-        outcome=outcome,
-        playbooks=list(results),  # type: ignore[arg-type]
-        started_at=0,
-        finished_at=0,
+        outcome=outcome,  # type: ignore[arg-type]
+        playbooks=list(results),
+        started_at=100.0,
+        finished_at=130.0,
+        retry_at=retry_at,
     )
 
 
-def test_remember_only_after_success() -> None:
-    event, data = changed()
-    assert remember_changed(event, data, record("ok"))["applied.v4"] == "203.0.113.7"
-    assert remember_changed(event, data, record("failed")) == {}
+TUNNEL_DOWN = (
+    PlaybookResult(
+        playbook="update-local-gateway",
+        outcome="ok",
+        changes=[
+            Change(target="lng", field="gatewayIpAddress", old="198.51.100.4", new="203.0.113.7")
+        ],
+    ),
+    PlaybookResult(
+        playbook="verify-tunnel",
+        outcome="failed",
+        error="still NotConnected",
+        error_code="VerifyFailed",
+        retry=True,
+    ),
+    PlaybookResult(
+        playbook="reset-connection",
+        outcome="failed",
+        error="still NotConnected",
+        error_code="VerifyFailed",
+        retry=True,
+    ),
+)
 
 
-def test_failure_message_names_what_failed_and_the_next_step() -> None:
+def test_a_failure_is_told_once_per_incident_with_the_next_step() -> None:
     event, data = changed()
-    failed = record(
-        "failed",
-        PlaybookResult(
-            playbook="update-local-gateway",
-            outcome="ok",
-            changes=[
-                Change(
-                    target="lng", field="gatewayIpAddress", old="198.51.100.4", new="203.0.113.7"
-                )
-            ],
-        ),
-        PlaybookResult(playbook="verify-tunnel", outcome="failed", error="still NotConnected"),
-        PlaybookResult(playbook="reset-connection", outcome="failed", error="still NotConnected"),
-    )
-    note = describe_changed(event, data, failed, "http://127.0.0.1:8080/runs/home/r1")
+    failed = record("failed", *TUNNEL_DOWN, retry_at=time.time() + 60)
+    note = describe(event, data, failed, "http://127.0.0.1:8080/runs/home/r1", view())
     assert note is not None
     assert note.severity == "error"
+    assert note.title == "home: tunnel down, retrying"
     assert note.summary == "Failed at reset-connection: still NotConnected"
-    assert "--param strategy=recreate" in (note.next_step or "")
-    assert dict((f.name, f.value) for f in note.facts)["Old IP"] == "198.51.100.4"
-    assert describe_changed(event, data, record("no_changes"), None) is None
+    assert "recreate-connection --site home --param ip=203.0.113.7" in (note.next_step or "")
+    assert "--confirm-destructive" in (note.next_step or "")
+    opened = remember(event, data, failed, view())
+    assert opened == {"incident.key": "reset-connection:VerifyFailed", "incident.since": "100.000"}
+    again = view(state={**DESIRED, **{k: v for k, v in opened.items() if v}})
+    assert describe(event, data, failed, None, again) is None, "retries must not spam"
+    assert remember(event, data, failed, again)["incident.since"] == "100.000"
+
+
+def test_recovery_and_changes_are_told_and_close_the_incident() -> None:
+    event, data = changed()
+    ok = record(
+        "ok",
+        TUNNEL_DOWN[0],
+        PlaybookResult(playbook="verify-tunnel", outcome="ok"),
+    )
+    note = describe(event, data, ok, None, view())
+    assert note is not None and note.title == "home: new public IP 203.0.113.7 applied, tunnel back"
+    facts = {f.name: f.value for f in note.facts}
+    assert facts["Old IP"] == "198.51.100.4" and facts["New IP"] == "203.0.113.7"
+    assert describe(event, data, record("no_changes"), None, view()) is None
+    incident = view(state={**DESIRED, "incident.key": "x", "incident.since": "10"})
+    back = describe(event, data, record("no_changes"), None, incident)
+    assert back is not None and back.title == "home: converged again, tunnel Connected"
+    assert {f.name: f.value for f in back.facts}["Tunnel down for"] == "120.0s"
+    assert remember(event, data, record("no_changes"), incident) == {
+        "incident.key": None,
+        "incident.since": None,
+    }
+
+
+def test_a_held_change_is_told_once_per_window() -> None:
+    event, data = changed()
+    until = time.time() + 1800
+    held = record("skipped", retry_at=until)
+    held.reason = "rate limit: 6 automatic changes in the last hour (max 6)"
+    note = describe(event, data, held, None, view())
+    assert note is not None and "held by the rate limit until" in note.title
+    told = view(state={**DESIRED, "held.until": f"{until:.3f}"})
+    assert describe(event, data, held, None, told) is None

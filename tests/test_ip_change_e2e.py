@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,7 +85,14 @@ async def running_bot(
         sim_port,
         http={"port": port, "public_url": f"http://127.0.0.1:{port}"},
         notify=[{"kind": "webhook", "url": receiver.url, "name": "ops"}],
-        policies={"tunnel_timeout": 1.0, "tunnel_poll": 0.05, "retry_max_delay": 0.5, **policy},
+        policies={
+            "tunnel_timeout": 1.0,
+            "tunnel_poll": 0.05,
+            # Slow retries unless a test is about them: one failed run, one record.
+            "retry_base_delay": 60,
+            "retry_max_delay": 120,
+            **policy,
+        },
         sources=sources or [],
     )
     settings.sites["home"].push = (
@@ -243,8 +251,13 @@ async def test_still_down_after_reset_asks_for_recreate(
         message = receiver.posts[0]
         assert message["severity"] == "error"
         assert "reset-connection" in message["summary"]
-        assert "strategy=recreate" in message["next_step"]
+        assert "recreate-connection --site home" in message["next_step"]
+        assert "--confirm-destructive" in message["next_step"]
         assert len(connections(w)) == 1, "recreate must not run without allow_destructive"
+        status = await bot.services.state.site_state("home")
+        assert status["reconcile.status"] == "retrying"
+        due = await bot.services.scheduler.due_at("site.reconcile", "home")
+        assert due is not None and due - time.time() > 30, "backoff, not a hot loop"
 
 
 async def test_recreate_runs_where_the_policy_allows_it(
@@ -258,7 +271,7 @@ async def test_recreate_runs_where_the_policy_allows_it(
         (record,) = await eventually(lambda: bot.services.state.history("home", 5), within=30)
         assert record.outcome == "ok", record
         assert [p.playbook for p in record.playbooks][-2:] == [
-            "update-local-gateway",
+            "recreate-connection",
             "verify-tunnel",
         ]
         assert w.connection_status("conn-home") == "Connected"

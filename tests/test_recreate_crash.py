@@ -81,8 +81,9 @@ async def test_sigkill_at_each_recreate_step_ends_with_one_identical_connection(
             "home",
             source="test",
             data={
-                "playbook": "update-local-gateway",
-                "params": {"ip": NEW_IP, "strategy": "recreate"},
+                "playbook": "recreate-connection",
+                "params": {"ip": NEW_IP},
+                "confirm_destructive": True,
             },
         )
         await services.queue.publish(event)

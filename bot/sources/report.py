@@ -1,24 +1,30 @@
-"""The one way a source turns an observed public address into an event.
+"""The one way an observed public address enters the bot: the site's desired state.
 
-Every source (router push, echo-service poller, FRITZ!Box poller) calls ``IpReporter.report``.
-It validates the address, compares it with the site's last known one and publishes
-``ip.changed`` only for a real change — so a push and a poll seeing the same new address make
-one event, not two. A rejected address (private, CGNAT, ...) becomes ``ip.rejected`` so that
+Every source (router push, echo-service poller, FRITZ!Box poller, the CLI) calls
+``IpReporter.observe``. It validates the address (``ipcheck``: the same rules and reasons for
+every entry point) and, in one atomic script, compares it with the site's desired address,
+advances the site's observation sequence number, stores the address, and publishes an
+``ip.changed`` hint carrying that number. The worker never applies the hint's address: it
+reads the latest desired state under the site lock, and a hint older than the state is
+``superseded``. So concurrent pushes, redeliveries and out-of-order events can never leave
+Azure on an older address.
+
+An address that is already the desired one is ``nochg`` for the router; if the site is not
+converged (its last reconcile failed, or has not caught up with the latest sequence number)
+the same script asks the scheduler for a reconcile now, or when a ``Retry-After`` or a held
+change allows. A rejected address (private, CGNAT, ...) becomes ``ip.rejected`` once, so that
 people hear about it.
-
-The event's idempotency key carries a per-site change counter (``ip.changed:home:v4:7:...``),
-so an address that comes back later (A → B → A) is a new change, while the same change
-reported twice is one. The event is published before the state is updated: a crash in
-between makes the next report publish the same key again, which the worker de-duplicates.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Literal
 
 from bot.events import Event
+from bot.scheduler import RECONCILE, member
 from bot.services import Services
 from bot.sources.ipcheck import Family, check_ip
 
@@ -26,12 +32,49 @@ log = logging.getLogger("tunnelwarden.sources")
 
 Reported = Literal["good", "nochg", "rejected"]
 
-# Compare-and-set of the site's address: only the reporter that saw the old counter moves it.
-_ADVANCE = """
-if (redis.call('HGET', KEYS[1], ARGV[1]) or '0') ~= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
-return 1
+# KEYS: state, stream, sites, schedule
+# ARGV: family, address, now, source, event JSON, stream maxlen, site, publish (1/0), member
+_OBSERVE = """
+local field = 'ip.' .. ARGV[1]
+local cur = redis.call('HGET', KEYS[1], field)
+redis.call('HDEL', KEYS[1], 'rejected.' .. ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[7])
+if cur == ARGV[2] then
+  local seq = redis.call('HGET', KEYS[1], field .. '.seq') or '0'
+  local status = redis.call('HGET', KEYS[1], 'reconcile.status')
+  local done = redis.call('HGET', KEYS[1], 'reconcile.seq')
+  if ARGV[8] == '1' and (status ~= 'converged' or done ~= seq) then
+    local nb = tonumber(redis.call('HGET', KEYS[1], 'reconcile.not_before') or '0') or 0
+    redis.call('ZADD', KEYS[4], 'LT', math.max(tonumber(ARGV[3]), nb), ARGV[9])
+    return {'nochg', seq, '', 'reconcile'}
+  end
+  return {'nochg', seq, '', ''}
+end
+local seq = redis.call('HINCRBY', KEYS[1], field .. '.seq', 1)
+redis.call('HSET', KEYS[1], field, ARGV[2], field .. '.since', ARGV[3],
+           field .. '.source', ARGV[4], field .. '.previous', cur or '')
+local entry = ''
+if ARGV[8] == '1' then
+  local ev = cjson.decode(ARGV[5])
+  ev.data.seq = seq
+  ev.data.previous = cur or cjson.null
+  ev.idempotency_key = 'ip.changed:' .. ARGV[7] .. ':' .. ARGV[1] .. ':' .. seq
+  entry = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'event', cjson.encode(ev))
+end
+return {'good', seq, entry, ''}
 """
+
+
+@dataclass(frozen=True)
+class Observation:
+    status: Reported
+    address: str  # normalised (or as given, when rejected)
+    family: Family
+    seq: int = 0  # the site's observation number for this family after the call
+    event_id: str = ""  # the ip.changed hint published (good), if any
+    reconcile: bool = False  # nochg, and a reconcile was asked for (site not converged)
+    reason: str = ""  # ipcheck's reason code when rejected
+    message: str = ""
 
 
 class IpReporter:
@@ -41,71 +84,90 @@ class IpReporter:
 
     async def report(self, site: str, ip: str, family: Family | None, source: str) -> Reported:
         """``family`` None: whatever the address is."""
+        return (await self.observe(site, ip, family, source)).status
+
+    async def observe(
+        self, site: str, ip: str, family: Family | None, source: str, *, hint: bool = True
+    ) -> Observation:
+        """Record what ``source`` saw; ``hint=False`` records without publishing (a person's
+        manual run applies the address itself)."""
         check = check_ip(ip, family=family, allow_documentation=self.allow_documentation)
         family = check.family or family or ("v6" if ":" in ip else "v4")
-        queue, state = self.services.queue, self.services.state
-        current = await state.site_state(site)
         if not check.ok:
-            log.warning(
-                "site %s: %s rejected %s: %s",
-                site,
-                source,
-                ip,
-                check.message,
-                extra={"site": site, "reason": str(check.reason)},
-            )
-            if current.get(f"rejected.{family}") == ip:
-                return "rejected"  # people were told already
-            await queue.publish(
-                Event.new(
-                    "ip.rejected",
-                    site,
-                    source=source,
-                    data={
-                        "ip": ip,
-                        "family": family,
-                        "reason": str(check.reason),
-                        "message": check.message,
-                    },
-                    idempotency_key=f"ip.rejected:{site}:{family}:{ip}",
-                )
-            )
-            await state.set_site_state(site, {f"rejected.{family}": ip})
-            return "rejected"
+            await self._rejected(site, ip, family, source, str(check.reason), check.message)
+            return Observation("rejected", ip, family, reason=str(check.reason),
+                               message=check.message)  # fmt: skip
         address = check.normalized or ip
-        field = f"ip.{family}"
-        if current.get(f"rejected.{family}"):
-            await self.services.redis.hdel(self.services.keys.state(site), f"rejected.{family}")
-        if current.get(field) == address:
-            return "nochg"
-        seq = int(current.get(f"{field}.seq", "0"))
-        event = Event.new(
-            "ip.changed",
-            site,
-            source=source,
-            data={"ip": address, "family": family, "previous": current.get(field)},
-            idempotency_key=f"ip.changed:{site}:{family}:{seq + 1}:{address}",
+        keys = self.services.keys
+        template = Event.new(
+            "ip.changed", site, source=source, data={"ip": address, "family": family}
         )
-        await queue.publish(event)
-        await self.services.redis.eval(
-            _ADVANCE,
-            1,
-            self.services.keys.state(site),
-            f"{field}.seq",
-            str(seq),
-            str(seq + 1),
-            field,
-            address,
-            f"{field}.since",
-            f"{time.time():.3f}",
+        script = self.services.redis.register_script(_OBSERVE)
+        reply = await script(
+            keys=[keys.state(site), keys.stream, keys.sites, keys.schedule],
+            args=[
+                family,
+                address,
+                f"{time.time():.3f}",
+                source,
+                template.to_wire(),
+                self.services.settings.redis.stream_maxlen,
+                site,
+                int(hint),
+                member(RECONCILE, site),
+            ],
         )
-        await self.services.redis.sadd(self.services.keys.sites, site)
+        status = _text(reply[0])
+        seq = int(_text(reply[1]) or 0)
+        if status == "nochg":
+            asked = _text(reply[3]) == "reconcile"
+            if asked:
+                log.info(
+                    "site %s: %s confirms %s; site not converged, reconcile asked for",
+                    site,
+                    source,
+                    address,
+                    extra={"site": site},
+                )
+            return Observation("nochg", address, family, seq, reconcile=asked)
         log.info(
-            "site %s: %s saw %s (was %s)",
+            "site %s: %s saw %s (observation %d)",
             site,
             source,
             address,
-            current.get(field),
-            extra={"site": site, "event": event.id},
+            seq,
+            extra={"site": site, "event": template.id if hint else ""},
         )
-        return "good"
+        return Observation("good", address, family, seq, event_id=template.id if hint else "")
+
+    async def _rejected(
+        self, site: str, ip: str, family: Family, source: str, reason: str, message: str
+    ) -> None:
+        log.warning(
+            "site %s: %s rejected %s: %s",
+            site,
+            source,
+            ip,
+            message,
+            extra={"site": site, "reason": reason},
+        )
+        state = self.services.state
+        current = await state.site_state(site)
+        if current.get(f"rejected.{family}") == ip:
+            return  # people were told already
+        await self.services.queue.publish(
+            Event.new(
+                "ip.rejected",
+                site,
+                source=source,
+                data={"ip": ip, "family": family, "reason": reason, "message": message},
+                idempotency_key=f"ip.rejected:{site}:{family}:{ip}",
+            )
+        )
+        await state.set_site_state(site, {f"rejected.{family}": ip})
+
+
+def _text(value: bytes | str | int) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)

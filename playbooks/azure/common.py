@@ -1,13 +1,21 @@
-"""What the Azure playbooks share: the site's resources, the client, ARM fault handling."""
+"""What the Azure playbooks share: the site's resources, the client, ARM fault handling.
+
+HTTP retries are azure-core's (see ``bot.azure``). What is left here is the truth of a
+long-running operation: when its status URL is lost (a known ARM wart: 404 "Operation not
+found" after a write that went through) or the wait times out, the resource itself is read
+until its ``provisioningState`` leaves ``Updating`` (bounded by ``azure.settle_timeout``), and
+that decides. A failed operation is worth another reconcile later (transient).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bot.retry import PermanentError, status_of
+from bot.retry import PermanentError, TransientError, describe_error, is_transient, status_of
 from playbooks.base import RunContext
 
 if TYPE_CHECKING:
@@ -62,14 +70,65 @@ def is_not_found(exc: BaseException) -> bool:
     return status_of(exc) == 404
 
 
-async def finish(poller: Any, recheck: Any = None) -> Any:
-    """Wait for an LRO. A lost operation (poll URL 404, a known ARM wart) is judged by a re-read."""
+BUSY_STATES = frozenset({"Updating", "Creating", "Deleting"})
+
+
+async def settled(
+    ctx: RunContext, get: Callable[[], Awaitable[Any]], what: str, *, gone_ok: bool = False
+) -> Any:
+    """Read ``what`` until its provisioning state leaves Updating/Creating/Deleting.
+
+    Reads tolerate 429/5xx (they are only reads); gives up after ``azure.settle_timeout``
+    with a transient error. With ``gone_ok`` a 404 ends the wait (a delete that finished)
+    and returns None.
+    """
+    cfg = ctx.services.settings.azure
+    deadline = time.monotonic() + cfg.settle_timeout
+    interval = max(0.05, min(cfg.polling_interval or 1.0, 5.0))
+    state = "unknown"
+    while True:
+        try:
+            res = await get()
+            state = text(getattr(res, "provisioning_state", None)) or "Succeeded"
+            if state not in BUSY_STATES:
+                return res
+        except Exception as exc:
+            if gone_ok and is_not_found(exc):
+                return None
+            if not is_transient(exc):
+                raise
+            state = f"unreadable ({describe_error(exc)[0]})"
+        if time.monotonic() >= deadline:
+            raise TransientError(f"{what} is still {state} after {cfg.settle_timeout:g}s")
+        await asyncio.sleep(interval)
+
+
+async def finish(
+    ctx: RunContext,
+    poller: Any,
+    get: Callable[[], Awaitable[Any]] | None,
+    what: str,
+    *,
+    gone_ok: bool = False,
+) -> Any:
+    """Wait for an LRO. A lost operation or a broken wait is judged by reading the resource
+    until it settles; a failed operation is transient (the next reconcile re-plans)."""
     try:
         return await poller.result()
     except Exception as exc:
-        if recheck is not None and is_not_found(exc):
-            return await recheck()
-        raise
+        if _operation_failed(exc):
+            code, message = describe_error(exc)
+            raise TransientError(f"{what}: the operation failed ({code}): {message}") from exc
+        lost = is_not_found(exc) or is_transient(exc)
+        if get is None or not lost:
+            raise
+        return await settled(ctx, get, what, gone_ok=gone_ok)
+
+
+def _operation_failed(exc: BaseException) -> bool:
+    """The status URL answered fine and said Failed/Canceled (azure-core raises the poll's
+    200 as an HttpResponseError)."""
+    return status_of(exc) in (200, 201, 202)
 
 
 def writable_connection(raw: dict[str, Any]) -> dict[str, Any]:
@@ -92,12 +151,21 @@ def precondition_failed(exc: BaseException) -> bool:
 async def wait_connected(
     client: NetworkManagementClient, t: AzureTarget, wait_s: float, interval: float
 ) -> tuple[bool, str, float]:
-    """Poll until the connection reports Connected: (connected, last status, seconds waited)."""
+    """Poll until the connection reports Connected: (connected, last status, seconds waited).
+
+    A throttled or failing read inside the wait is only a missed sample, not a failure."""
     began = time.monotonic()
     status = "Unknown"
     while True:
-        conn = await client.virtual_network_gateway_connections.get(t.resource_group, t.connection)
-        status = text(conn.connection_status) or "Unknown"
+        try:
+            conn = await client.virtual_network_gateway_connections.get(
+                t.resource_group, t.connection
+            )
+            status = text(conn.connection_status) or "Unknown"
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            status = f"unreadable ({describe_error(exc)[0]})"
         if status == "Connected":
             return True, status, time.monotonic() - began
         if time.monotonic() - began >= wait_s:

@@ -3,9 +3,16 @@
 Both are converged when the connection reports ``Connected``: a healthy tunnel is never reset
 by a repeated or late event. ``verify-tunnel`` changes nothing; when the tunnel is down it
 waits, and if it stays down it says why (the connection's status against the LNG's address).
+
+A reset restarts the tunnel, so it is sent at most once per run: the POST goes out without
+azure-core's status retries (it would re-send a POST on 500/503/504), its operation is polled
+with them, and if the outcome is unknown (a failure after sending, a crash) the run does not
+send it again but waits and reads the connection's status.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -14,6 +21,7 @@ from playbooks.azure.common import (
     LRO_STATUS,
     NET,
     AzureTarget,
+    finish,
     network,
     target,
     text,
@@ -117,17 +125,32 @@ class ResetConnection(Playbook[ResetParams]):
         t = target(ctx)
 
         async def reset() -> str:
+            from azure.mgmt.core.polling.async_arm_polling import AsyncARMPolling
+
             client = await network(ctx)
-            poller = await client.virtual_network_gateway_connections.begin_reset_connection(
-                t.resource_group, t.connection
+            ops = client.virtual_network_gateway_connections
+            delay = ctx.services.settings.azure.polling_interval
+            # retry_status=0 applies to the POST only: the poller below has its own settings,
+            # so its status reads keep azure-core's retries (a throttled poll is retried, the
+            # reset is not re-sent).
+            poller = await ops.begin_reset_connection(
+                t.resource_group, t.connection, retry_status=0, polling=AsyncARMPolling(delay)
             )
-            await poller.result()
+
+            async def get() -> Any:
+                return await ops.get(t.resource_group, t.connection)
+
+            await finish(ctx, poller, get, f"connection {t.connection}")
             return "reset"
 
-        await ctx.step("reset", reset)
+        async def sent_before() -> str:
+            return "reset sent before (outcome unknown); not repeated in this run"
+
+        done = await ctx.step("reset", reset, on_unknown=sent_before)
         client = await network(ctx)
         up, status, waited = await wait_connected(client, t, params.timeout, params.interval)
-        return f"reset; Connected after {waited:.1f}s" if up else f"reset; still {status}"
+        head = "reset" if done == "reset" else "reset earlier"
+        return f"{head}; Connected after {waited:.1f}s" if up else f"{head}; still {status}"
 
     async def verify(self, ctx: RunContext, params: ResetParams) -> str | None:
         return await _unless_connected(ctx, params)

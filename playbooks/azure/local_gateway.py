@@ -1,23 +1,29 @@
-"""``update-local-gateway``: make the site's Local Network Gateway point at its real address.
+"""``update-local-gateway`` and ``recreate-connection``: point the site's LNG at its address.
 
-``in-place`` (default) rewrites the LNG's ``gatewayIpAddress`` (or ``fqdn``) with a PUT of
-the gateway as it is, so its address space and BGP settings stay, and the connection stays
-too: Azure documents that the tunnel re-establishes. ``recreate`` is the classic recipe for
-when that does not bring the tunnel back: snapshot the connection (settings and shared key,
-encrypted in the journal), delete it, update the LNG, create the connection again from the
-snapshot. Every step is journaled, so a crash anywhere resumes and the connection is never
-lost.
+``update-local-gateway`` rewrites the LNG's ``gatewayIpAddress`` (or ``fqdn``) with a PUT of
+the gateway as ``plan()`` read it (``If-Match`` its ETag), so its address space and BGP
+settings stay, and the connection stays too: Azure documents that the tunnel re-establishes.
+
+``recreate-connection`` is the classic recipe for when that does not bring the tunnel back,
+and it is **destructive** (the connection is deleted): snapshot the connection (settings and
+shared key, encrypted in the journal), delete it, update the LNG (when an address is given),
+create the connection again from the snapshot. Every step is journaled, so a crash anywhere
+resumes and the connection is never lost; it runs only where the site's policy allows
+destructive playbooks or a person confirmed it.
+
+Addresses pass the same rules as every other entry point (``bot.sources.ipcheck``): a private,
+CGNAT or otherwise unusable address never reaches Azure, whoever asks.
 """
 
 from __future__ import annotations
 
-import ipaddress
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from bot.models import Change, Plan
 from bot.retry import PermanentError, TransientError
+from bot.sources.ipcheck import check_ip
 from playbooks.azure.common import (
     LRO_STATUS,
     NET,
@@ -26,6 +32,7 @@ from playbooks.azure.common import (
     is_not_found,
     network,
     precondition_failed,
+    settled,
     target,
     text,
     writable_connection,
@@ -33,24 +40,35 @@ from playbooks.azure.common import (
 from playbooks.base import Playbook, RunContext
 
 
+def _public_ipv4(value: str | None, info: ValidationInfo) -> str | None:
+    if value is None:
+        return None
+    allow_doc = bool((info.context or {}).get("allow_documentation"))
+    check = check_ip(value.strip(), family="v4", allow_documentation=allow_doc)
+    if not check.ok:
+        raise ValueError(f"{value} is not usable ({check.reason}): {check.message}")
+    return check.normalized or value.strip()
+
+
 class LngParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    ip: str | None = Field(None, description="new public IPv4 address of the site")
+    ip: str | None = Field(None, description="the site's public IPv4 address")
     fqdn: str | None = Field(None, description="or a DNS name Azure resolves instead")
-    strategy: Literal["in-place", "recreate"] = "in-place"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_strategy(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "strategy" in data:
+            raise ValueError(
+                "strategy: re-creating is its own playbook now: recreate-connection "
+                "(destructive; needs allow_destructive or --confirm-destructive)"
+            )
+        return data
 
     @field_validator("ip")
     @classmethod
-    def _ipv4(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            addr = ipaddress.ip_address(value.strip())
-        except ValueError:
-            raise ValueError(f"{value!r} is not an IP address") from None
-        if addr.version != 4:
-            raise ValueError("Azure local network gateways take an IPv4 gatewayIpAddress")
-        return str(addr)
+    def _ipv4(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _public_ipv4(value, info)
 
     @model_validator(mode="after")
     def _one_address(self) -> LngParams:
@@ -59,136 +77,194 @@ class LngParams(BaseModel):
         return self
 
 
+class RecreateParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ip: str | None = Field(None, description="also point the LNG here (optional)")
+
+    @field_validator("ip")
+    @classmethod
+    def _ipv4(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _public_ipv4(value, info)
+
+
 def _address(params: LngParams) -> tuple[str, str]:
     return ("gatewayIpAddress", params.ip) if params.ip else ("fqdn", params.fqdn or "")
 
 
+def _current(lng: Any, field: str) -> str | None:
+    value = lng.gateway_ip_address if field == "gatewayIpAddress" else lng.fqdn
+    return None if value is None else str(value)
+
+
+async def _plan_lng(ctx: RunContext, t: AzureTarget, field: str, wanted: str) -> Plan:
+    """One GET of the LNG: the change (if any), and the body + ETag the PUT will send."""
+    client = await network(ctx)
+    ops = client.local_network_gateways
+
+    async def get() -> Any:
+        return await ops.get(t.resource_group, t.local_network_gateway)
+
+    lng = await settled(ctx, get, f"lng {t.local_network_gateway}")
+    current = _current(lng, field)
+    state = text(lng.provisioning_state) or "Succeeded"
+    name = f"lng {t.local_network_gateway}"
+    if current == wanted and state != "Failed":
+        return Plan()
+    body = lng.as_dict()
+    if current == wanted:  # a failed update: re-PUT the same body to recover it
+        change = Change(target=name, field="provisioningState", old=state, new="Succeeded")
+    else:
+        change = Change(target=name, field=field, old=current, new=wanted)
+    return Plan(changes=[change], read={"lng": body, "etag": body.get("etag")})
+
+
+async def _put_address(
+    ctx: RunContext, t: AzureTarget, field: str, wanted: str, plan: Plan
+) -> dict[str, Any]:
+    """PUT the LNG as read, with the new address, If-Match the ETag read in plan()."""
+    from azure.mgmt.network.models import LocalNetworkGateway
+
+    client = await network(ctx)
+    ops = client.local_network_gateways
+    raw = plan.read.get("lng")
+    body: dict[str, Any] = dict(raw) if isinstance(raw, dict) else {}
+    props = dict(body.get("properties") or {})
+    props[field] = wanted
+    props.pop("fqdn" if field == "gatewayIpAddress" else "gatewayIpAddress", None)
+    for key in ("provisioningState", "resourceGuid"):
+        props.pop(key, None)
+    body["properties"] = props
+    etag = body.pop("etag", None)
+    headers = {"If-Match": str(etag)} if etag else {}
+    try:
+        poller = await ops.begin_create_or_update(
+            t.resource_group, t.local_network_gateway, LocalNetworkGateway(body), headers=headers
+        )
+    except Exception as exc:
+        if precondition_failed(exc):  # changed since plan(): read and plan again
+            raise TransientError(f"lng {t.local_network_gateway} changed meanwhile") from exc
+        raise
+
+    async def get() -> Any:
+        return await ops.get(t.resource_group, t.local_network_gateway)
+
+    lng = await finish(ctx, poller, get, f"lng {t.local_network_gateway}")
+    return {"field": field, "value": _current(lng, field)}
+
+
+async def _verify_lng(ctx: RunContext, t: AzureTarget, field: str, wanted: str) -> str | None:
+    client = await network(ctx)
+    ops = client.local_network_gateways
+
+    async def get() -> Any:
+        return await ops.get(t.resource_group, t.local_network_gateway)
+
+    lng = await settled(ctx, get, f"lng {t.local_network_gateway}")
+    if _current(lng, field) != wanted:
+        return f"lng {t.local_network_gateway} {field} is {_current(lng, field)}, not {wanted}"
+    state = text(lng.provisioning_state) or "Succeeded"
+    if state != "Succeeded":
+        return f"lng {t.local_network_gateway} is {state}"
+    return None
+
+
 class UpdateLocalGateway(Playbook[LngParams]):
     name = "update-local-gateway"
-    summary = "Point the site's Local Network Gateway at its new IP (in-place or recreate)"
+    summary = "Point the site's Local Network Gateway at its new IP (in place)"
     params_model = LngParams
     permissions = (
         f"{NET}/localNetworkGateways/read",
         f"{NET}/localNetworkGateways/write",
         *LRO_STATUS,
-        # strategy = "recreate":
+    )
+
+    async def plan(self, ctx: RunContext, params: LngParams) -> Plan:
+        field, wanted = _address(params)
+        return await _plan_lng(ctx, target(ctx), field, wanted)
+
+    async def apply(self, ctx: RunContext, params: LngParams, plan: Plan) -> str:
+        t = target(ctx)
+        field, wanted = _address(params)
+        result = await ctx.step("update-lng", lambda: _put_address(ctx, t, field, wanted, plan))
+        return f"{result['field']} is {result['value']}"
+
+    async def verify(self, ctx: RunContext, params: LngParams) -> str | None:
+        field, wanted = _address(params)
+        return await _verify_lng(ctx, target(ctx), field, wanted)
+
+
+class RecreateConnection(Playbook[RecreateParams]):
+    name = "recreate-connection"
+    summary = "Delete and re-create the site's connection, settings and key preserved"
+    destructive = True
+    params_model = RecreateParams
+    permissions = (
         f"{NET}/connections/read",
         f"{NET}/connections/sharedkey/action",
         f"{NET}/connections/delete",
         f"{NET}/connections/write",
         f"{NET}/virtualNetworkGateways/read",
+        f"{NET}/localNetworkGateways/read",
+        f"{NET}/localNetworkGateways/write",
+        *LRO_STATUS,
     )
 
-    async def plan(self, ctx: RunContext, params: LngParams) -> Plan:
+    async def plan(self, ctx: RunContext, params: RecreateParams) -> Plan:
         t = target(ctx)
+        plan = await _plan_lng(ctx, t, "gatewayIpAddress", params.ip) if params.ip else Plan()
         client = await network(ctx)
-        lng = await client.local_network_gateways.get(t.resource_group, t.local_network_gateway)
-        current = lng.as_dict().get("properties", {})
-        field, wanted = _address(params)
-        changes: list[Change] = []
-        if current.get(field) != wanted:
+        try:
+            conn = await client.virtual_network_gateway_connections.get(
+                t.resource_group, t.connection
+            )
+            status = text(conn.connection_status) or "Unknown"
+        except Exception as exc:
+            if not is_not_found(exc):
+                raise
+            status = "missing"  # deleted by a run that crashed; its journal restores it
+        changes = list(plan.changes)
+        if changes or status != "Connected":
             changes.append(
                 Change(
-                    target=f"lng {t.local_network_gateway}",
-                    field=field,
-                    old=current.get(field),
-                    new=wanted,
+                    target=f"connection {t.connection}",
+                    field="recreate",
+                    old=status,
+                    new="delete and re-create, settings preserved",
                 )
             )
-        notes: list[str] = []
-        if params.strategy == "recreate":
-            try:
-                conn = await client.virtual_network_gateway_connections.get(
-                    t.resource_group, t.connection
-                )
-                status = text(conn.connection_status) or "Unknown"
-            except Exception as exc:
-                if not is_not_found(exc):
-                    raise
-                status = "missing"  # deleted by a run that crashed; its journal restores it
-            if changes or status != "Connected":
-                changes.append(
-                    Change(
-                        target=f"connection {t.connection}",
-                        field="recreate",
-                        old=status,
-                        new="delete and re-create, settings preserved",
-                    )
-                )
-            if ctx.services.journal_cipher is None:
-                notes.append("recreate needs security.journal_key to keep the shared key safe")
-        return Plan(changes=changes, notes=notes)
+        notes = list(plan.notes)
+        if ctx.services.journal_cipher is None:
+            notes.append("recreate needs security.journal_key to keep the shared key safe")
+        return Plan(changes=changes, notes=notes, read=plan.read)
 
-    async def apply(self, ctx: RunContext, params: LngParams, plan: Plan) -> str:
+    async def apply(self, ctx: RunContext, params: RecreateParams, plan: Plan) -> str:
         t = target(ctx)
-        if params.strategy == "in-place":
-            result = await ctx.step("update-lng", lambda: self._put_address(ctx, t, params))
-            return f"{result['field']} is {result['value']}"
         snapshot = await ctx.step("snapshot", lambda: _snapshot(ctx, t), secret=True)
         await ctx.step("delete-connection", lambda: _delete_connection(ctx, t))
-        result = await ctx.step("update-lng", lambda: self._put_address(ctx, t, params))
+        moved = ""
+        if params.ip and plan.read:
+            ip = params.ip
+            result = await ctx.step(
+                "update-lng", lambda: _put_address(ctx, t, "gatewayIpAddress", ip, plan)
+            )
+            moved = f"{result['field']} is {result['value']}; "
         await ctx.step("create-connection", lambda: _create_connection(ctx, t, snapshot))
-        return f"{result['field']} is {result['value']}; connection {t.connection} re-created"
+        return f"{moved}connection {t.connection} re-created"
 
-    async def verify(self, ctx: RunContext, params: LngParams) -> str | None:
+    async def verify(self, ctx: RunContext, params: RecreateParams) -> str | None:
         t = target(ctx)
+        if params.ip:
+            problem = await _verify_lng(ctx, t, "gatewayIpAddress", params.ip)
+            if problem:
+                return problem
         client = await network(ctx)
-        lng = await client.local_network_gateways.get(t.resource_group, t.local_network_gateway)
-        props = lng.as_dict().get("properties", {})
-        field, wanted = _address(params)
-        if props.get(field) != wanted:
-            return f"lng {t.local_network_gateway} {field} is {props.get(field)}, not {wanted}"
-        if props.get("provisioningState") not in (None, "Succeeded"):
-            return f"lng {t.local_network_gateway} is {props.get('provisioningState')}"
-        if params.strategy == "recreate":
-            try:
-                await client.virtual_network_gateway_connections.get(t.resource_group, t.connection)
-            except Exception as exc:
-                if is_not_found(exc):
-                    return f"connection {t.connection} does not exist after re-creation"
-                raise
+        try:
+            await client.virtual_network_gateway_connections.get(t.resource_group, t.connection)
+        except Exception as exc:
+            if is_not_found(exc):
+                return f"connection {t.connection} does not exist after re-creation"
+            raise
         return None
-
-    async def _put_address(
-        self, ctx: RunContext, t: AzureTarget, params: LngParams
-    ) -> dict[str, Any]:
-        from azure.mgmt.network.models import LocalNetworkGateway
-
-        client = await network(ctx)
-        ops = client.local_network_gateways
-        lng = await ops.get(t.resource_group, t.local_network_gateway)
-        field, wanted = _address(params)
-        body = lng.as_dict()
-        props = body.setdefault("properties", {})
-        if props.get(field) != wanted:
-            props[field] = wanted
-            if field == "gatewayIpAddress":
-                props.pop("fqdn", None)
-            else:
-                props.pop("gatewayIpAddress", None)
-            for key in ("provisioningState", "resourceGuid"):
-                props.pop(key, None)
-            etag = body.pop("etag", None)
-            headers = {"If-Match": etag} if etag else {}
-            try:
-                poller = await ops.begin_create_or_update(
-                    t.resource_group,
-                    t.local_network_gateway,
-                    LocalNetworkGateway(body),
-                    headers=headers,
-                )
-            except Exception as exc:
-                if precondition_failed(exc):  # changed under us: read again, try again
-                    raise TransientError(
-                        f"lng {t.local_network_gateway} changed meanwhile"
-                    ) from exc
-                raise
-
-            async def reread() -> Any:
-                return await ops.get(t.resource_group, t.local_network_gateway)
-
-            lng = await finish(poller, reread)
-        return {"field": field, "value": lng.as_dict().get("properties", {}).get(field)}
 
 
 async def _snapshot(ctx: RunContext, t: AzureTarget) -> dict[str, Any]:
@@ -203,13 +279,14 @@ async def _snapshot(ctx: RunContext, t: AzureTarget) -> dict[str, Any]:
             ) from exc
         raise
     key = await ops.get_shared_key(t.resource_group, t.connection)
-    value = key.as_dict().get("value")
+    value = key.value
     if not isinstance(value, str) or not value:
         raise PermanentError(
             f"cannot read the shared key of {t.connection} (needs the RBAC action "
             "Microsoft.Network/connections/sharedKey/action); refusing to delete it",
             "SharedKeyUnreadable",
         )
+    ctx.services.redact.add(value)  # from now on it is masked wherever it could appear
     body = writable_connection(conn.as_dict())
     body["properties"]["sharedKey"] = value
     return body
@@ -217,15 +294,18 @@ async def _snapshot(ctx: RunContext, t: AzureTarget) -> dict[str, Any]:
 
 async def _delete_connection(ctx: RunContext, t: AzureTarget) -> str:
     client = await network(ctx)
+    ops = client.virtual_network_gateway_connections
     try:
-        poller = await client.virtual_network_gateway_connections.begin_delete(
-            t.resource_group, t.connection
-        )
-        await poller.result()
+        poller = await ops.begin_delete(t.resource_group, t.connection)
     except Exception as exc:
         if is_not_found(exc):
             return "already gone"
         raise
+
+    async def get() -> Any:
+        return await ops.get(t.resource_group, t.connection)
+
+    await finish(ctx, poller, get, f"connection {t.connection}", gone_ok=True)
     return "deleted"
 
 
@@ -234,12 +314,13 @@ async def _create_connection(ctx: RunContext, t: AzureTarget, body: dict[str, An
 
     client = await network(ctx)
     ops = client.virtual_network_gateway_connections
+    ctx.services.redact.add(str(body.get("properties", {}).get("sharedKey") or ""))
     poller = await ops.begin_create_or_update(
         t.resource_group, t.connection, VirtualNetworkGatewayConnection(body)
     )
 
-    async def reread() -> Any:
+    async def get() -> Any:
         return await ops.get(t.resource_group, t.connection)
 
-    conn = await finish(poller, reread)
-    return text(conn.as_dict().get("properties", {}).get("provisioningState")) or "Succeeded"
+    conn = await finish(ctx, poller, get, f"connection {t.connection}")
+    return text(conn.provisioning_state) or "Succeeded"
