@@ -29,7 +29,7 @@ from bot.scheduler import RECONCILE, backoff, member
 from bot.services import Services
 from bot.state import Begun, Followups, JournalEntry, LockLost, SiteLock, current_lock, poll_until
 from handlers.base import Handler, SiteView
-from playbooks.base import PLAYBOOK_STEP, Playbook, RunContext
+from playbooks.base import PLAYBOOK_STEP, JournalKeyUnavailable, Playbook, RunContext
 
 log = logging.getLogger("tunnelwarden.runner")
 T = TypeVar("T")
@@ -106,18 +106,22 @@ class Runner:
         return await playbook.plan(ctx, params)
 
     # --- one reconcile ------------------------------------------------------------------
-    async def reconcile(self, event: Event, handler: Handler, data: Any) -> Handled | None:
+    async def reconcile(
+        self, event: Event, handler: Handler, data: Any, *, redelivered: bool = False
+    ) -> Handled | None:
         """Handle ``event`` under the site lock; None when a run already handled its key.
 
-        Raises ``Busy`` when the site is locked and the event is a hint (the holder's record
-        schedules another reconcile), ``LockLost`` when the lock went away mid-run (nothing
-        more was written; another worker resumes from the journal).
+        Raises ``Busy`` when the site is locked and the event is a first-delivered hint (the
+        holder's record schedules another reconcile), ``LockLost`` when the lock went away
+        mid-run (nothing more was written; another worker resumes from the journal). A
+        redelivered event may be a run a dead worker started: it waits for the lock and
+        resumes that run from its journal instead of being folded away.
         """
         site = event.site
         policy = self.services.settings.policy_for(site)
         state = self.services.state
         lock = state.site_lock(site, policy.lock_ttl)
-        hint = member(RECONCILE, site) if handler.reconciles else ""
+        hint = member(RECONCILE, site) if handler.reconciles and not redelivered else ""
         begun = Begun("locked")
 
         async def begin() -> bool:
@@ -184,8 +188,10 @@ class Runner:
         record.retry_at = followups.schedule_at if outcome not in ("ok", "no_changes") else None
         automatic = not view.manual and event.type != "playbook.requested"
         changed = automatic and any(r.outcome == "ok" and r.changes for r in results)
-        # A converged re-check is the steady state: it is not history (nothing happened).
-        quiet = event.source == "scheduler" and outcome == "no_changes"
+        # A converged re-check (or one of a paused site) is the steady state: not history.
+        quiet = event.source == "scheduler" and (
+            outcome == "no_changes" or (outcome == "skipped" and decision.retry_at is None)
+        )
         await self.services.state.record(
             record,
             lock,
@@ -320,8 +326,8 @@ class Runner:
             result = PlaybookResult(
                 playbook=call.name, outcome=outcome, detail=detail, changes=changes
             )
-        except LockLost:
-            raise
+        except (LockLost, JournalKeyUnavailable):
+            raise  # not this worker's to record: the event stays for another worker
         except TimeoutError:
             result = PlaybookResult(
                 playbook=call.name,
@@ -337,9 +343,6 @@ class Runner:
         except Exception as exc:
             code, message = describe_error(exc)
             transient = is_transient(exc)
-            if code == "JournalKeyUnavailable":
-                metrics.journal_key_missing.inc()
-                log.error("run %s: %s", ctx.run_id, message, extra={"site": ctx.site})
             result = PlaybookResult(
                 playbook=call.name,
                 outcome="failed",

@@ -106,6 +106,7 @@ class SiteLock:
         self.lost = asyncio.Event()
         self.held = False
         self._renewer: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
 
     @property
     def token(self) -> str:
@@ -138,22 +139,30 @@ class SiteLock:
     def start_renewing(self) -> None:
         self.held = True
         self.lost.clear()
-        self._renewer = asyncio.create_task(self._renew(), name=f"renew {self.key}")
+        self._stop = asyncio.Event()
+        self._renewer = asyncio.create_task(self._renew(self._stop), name=f"renew {self.key}")
 
     async def stop_renewing(self) -> None:
         if self._renewer is not None:
+            # The flag as well as the cancel: a Redis client may swallow a cancellation that
+            # lands inside a command, and the renewer must stop all the same.
+            self._stop.set()
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewer
             self._renewer = None
 
-    async def _renew(self) -> None:
-        while True:
-            await asyncio.sleep(self.ttl / 3)
+    async def _renew(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.ttl / 3)
+                return
             try:
                 ours = await self.redis.eval(_RENEW, 1, self.key, self.token, self.ttl_ms)
             except Exception:  # we can no longer prove the lock is ours: treat it as lost
                 ours = 0
+            if stop.is_set():
+                return
             if not ours:
                 self.lost.set()
                 return

@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from bot.chat.models import Notification, Severity
 from bot.events import Event, EventError, describe
 from bot.models import RunRecord
 from bot.queue import Delivery
@@ -28,6 +29,7 @@ from bot.runner import MANUAL_SOURCES, Busy, Runner
 from bot.services import Services
 from bot.state import LockLost
 from handlers.base import Handler, SiteView
+from playbooks.base import JournalKeyUnavailable
 
 log = logging.getLogger("tunnelwarden.worker")
 
@@ -82,6 +84,7 @@ class Worker:
             ),
             name="scheduler",
         )
+        pause = 0.0  # backoff while Redis does not answer
         try:
             while not stop.is_set():
                 self.last_poll = time.monotonic()
@@ -89,7 +92,21 @@ class Worker:
                 if free <= 0:
                     await self._wait_for_slot(stop)
                     continue
-                for delivery in await queue.read(self.name, free, self.cfg.block_ms):
+                try:
+                    deliveries = await queue.read(self.name, free, self.cfg.block_ms)
+                except Exception as exc:  # weather, not disaster: Redis away or slow
+                    pause = min(max(pause * 2, 0.1), 5.0)
+                    log.warning(
+                        "reading the queue failed (%s: %s); again in %.1fs",
+                        type(exc).__name__,
+                        self.redact(str(exc)),
+                        pause,
+                    )
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=pause)
+                    continue
+                pause = 0.0
+                for delivery in deliveries:
                     self._spawn(delivery)
         finally:
             self.running = False
@@ -218,6 +235,8 @@ class Worker:
             # one writes nothing more (not even an error note) and leaves the entry alone.
             self.services.metrics.locks_lost.inc()
             log.warning("event %s: %s", delivery.entry_id, self.redact(str(exc)))
+        except JournalKeyUnavailable as exc:
+            await self._key_missing(delivery, str(exc))
         except Exception as exc:
             # Left unacknowledged: after the visibility timeout a worker tries again, and
             # after max_deliveries it is dead-lettered with this error.
@@ -225,6 +244,31 @@ class Worker:
             log.exception("event %s failed: %s", delivery.entry_id, error)
             with contextlib.suppress(Exception):
                 await self.services.queue.note_error(delivery.entry_id, error)
+
+    async def _key_missing(self, delivery: Delivery, message: str) -> None:
+        """A run this worker cannot finish without a journal key it lacks: leave the event
+        for a worker that has it (after the visibility timeout), and make noise."""
+        self.services.metrics.journal_key_missing.inc()
+        text = f"JournalKeyUnavailable: {message}"
+        log.error("event %s (worker %s): %s", delivery.entry_id, self.name, text)
+        with contextlib.suppress(Exception):
+            await self.services.queue.note_error(delivery.entry_id, text)
+        notifications = self.services.notifications
+        if notifications.enabled:
+            event_site = _site_of(delivery)
+            with contextlib.suppress(Exception):
+                await notifications.send(
+                    Notification(
+                        severity=Severity.CRITICAL,
+                        title=f"{event_site}: a run cannot finish on worker {self.name}",
+                        site=event_site,
+                        summary=message,
+                        next_step=(
+                            "Give every worker the journal keys (security.journal_key: new key "
+                            "first, old keys after it); the run resumes on a worker that has it."
+                        ),
+                    )
+                )
 
     async def _handle(self, delivery: Delivery) -> None:
         queue, metrics = self.services.queue, self.services.metrics
@@ -249,7 +293,9 @@ class Worker:
             return
         extra = {"event": event.id, "type": event.type, "site": event.site}
         try:
-            handled = await self.runner.reconcile(event, handler, data)
+            handled = await self.runner.reconcile(
+                event, handler, data, redelivered=delivery.deliveries > 1
+            )
         except Busy:
             metrics.coalesced.inc()
             log.debug("site busy: hint folded into the reconcile it is owed", extra=extra)
@@ -308,3 +354,10 @@ class Worker:
             manual=event.source in MANUAL_SOURCES,
         )
         await self._follow_up(handler, event, data, record, view)
+
+
+def _site_of(delivery: Delivery) -> str:
+    try:
+        return Event.from_wire((delivery.fields or {}).get("event")).site
+    except Exception:
+        return "(unknown site)"

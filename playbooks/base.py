@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, JsonValue
 
 from bot.config import Policy, SiteConfig
 from bot.models import Change, Plan
-from bot.retry import PermanentError, TransientError
+from bot.retry import PermanentError
 from bot.services import Services
 from bot.state import JournalEntry, SiteLock
 
@@ -160,8 +160,10 @@ class RunContext:
             ) from None
 
 
-class JournalKeyUnavailable(TransientError):
-    """This worker cannot read a journaled secret; another worker (or a restart) may."""
+class JournalKeyUnavailable(Exception):
+    """This worker cannot read a journaled secret; another worker (or a restart with the
+    key) may. The run is not recorded: its event stays on the stream for another worker,
+    and the resumed run finishes what was started (e.g. re-creating a deleted connection)."""
 
     code = "JournalKeyUnavailable"
 

@@ -65,6 +65,16 @@ class Bot:
     settings: Settings
     services: Services
     base: str
+    sim: web.AppRunner
+    sim_port: int
+
+    async def arm_down(self) -> None:
+        """Azure Resource Manager unreachable: the simulator stops listening."""
+        await self.sim.cleanup()
+
+    async def arm_up(self) -> None:
+        """ARM is back, on the same address, with the same world."""
+        self.sim, _ = await start_arm_sim(self.world, port=self.sim_port)
 
 
 @contextlib.asynccontextmanager
@@ -74,6 +84,8 @@ async def running_bot(
     redis_url: str,
     receiver: Receiver,
     sources: list[dict[str, Any]] | None = None,
+    scheduler: dict[str, Any] | None = None,
+    worker: bool = True,
     **policy: Any,
 ) -> AsyncIterator[Bot]:
     w = world()
@@ -94,6 +106,7 @@ async def running_bot(
             **policy,
         },
         sources=sources or [],
+        scheduler={"tick": 0.1, **(scheduler or {})},
     )
     settings.sites["home"].push = (
         type(settings.sites["home"])
@@ -105,7 +118,7 @@ async def running_bot(
         run_process(
             settings,
             redis_url=redis_url,
-            worker=True,
+            worker=worker,
             http=True,
             sources=True,
             stop=stop,
@@ -117,32 +130,37 @@ async def running_bot(
     client = Redis.from_url(redis_url)
     services = Services.build(settings, client)
     base = f"http://127.0.0.1:{port}"
+    bot = Bot(w, settings, services, base, sim_runner, sim_port)
     try:
-        await eventually(lambda: _ready(base), within=10)
-        yield Bot(w, settings, services, base)
+        await eventually(lambda: _ready(base, worker), within=10)
+        yield bot
     finally:
         stop.set()
         assert await task == 0
         await client.aclose()
-        await sim_runner.cleanup()
+        await bot.sim.cleanup()
 
 
-async def _ready(base: str) -> bool:
+async def _ready(base: str, worker: bool = True) -> bool:
+    """Ready; without an in-process worker, just serving (workers come from the test)."""
     try:
-        async with aiohttp.ClientSession() as http, http.get(f"{base}/readyz") as resp:
+        path = "/readyz" if worker else "/healthz"
+        async with aiohttp.ClientSession() as http, http.get(f"{base}{path}") as resp:
             return resp.status == 200
     except aiohttp.ClientError:
         return False
 
 
-async def push(base: str, ip: str, password: str = PASSWORD) -> str:
-    """What a FRITZ!Box / ddclient sends."""
+async def push(base: str, ip: str, password: str = PASSWORD, source: str | None = None) -> str:
+    """What a FRITZ!Box / ddclient sends (from ``source``, another loopback address, when
+    a test needs more clients than the endpoint's per-client burst allows)."""
     headers = {
         "User-Agent": "ddclient/3.11",
         "Authorization": aiohttp.encode_basic_auth("home", password),
     }
+    connector = aiohttp.TCPConnector(local_addr=(source, 0)) if source else None
     async with (
-        aiohttp.ClientSession(headers=headers) as http,
+        aiohttp.ClientSession(headers=headers, connector=connector) as http,
         http.get(f"{base}/nic/update", params={"hostname": HOST, "myip": ip}) as resp,
     ):
         return (await resp.text()).strip()

@@ -26,6 +26,9 @@ class Counter:
     writes: int = 0  # PUT / PATCH / DELETE / POST actions
     polls: int = 0  # GETs of this resource's async-operation / operation-result URLs
     faults: int = 0  # injected or throttled responses among the above
+    # PUTs that changed nothing a client asked for (same properties and tags as a healthy
+    # resource already had): what a converged bot never sends.
+    redundant: int = 0
 
 
 @dataclass
@@ -61,6 +64,7 @@ class RequestCounters:
             total.writes += counter.writes
             total.polls += counter.polls
             total.faults += counter.faults
+            total.redundant += counter.redundant
         return total
 
     def reset(self) -> None:

@@ -402,6 +402,13 @@ class World:
         else:
             shared_key = validate_connection(canonical, props, self.resources)
 
+        if (
+            existing is not None
+            and existing.provisioning_state == "Succeeded"
+            and existing.properties == props
+            and existing.tags == {str(k): str(v) for k, v in tags.items()}
+        ):
+            self.counters.count(existing.id, "redundant")
         res = existing or Resource(id=rid, kind=kind, location=loc)
         res.properties = props
         res.tags = {str(k): str(v) for k, v in tags.items()}

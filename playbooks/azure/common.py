@@ -74,13 +74,20 @@ BUSY_STATES = frozenset({"Updating", "Creating", "Deleting"})
 
 
 async def settled(
-    ctx: RunContext, get: Callable[[], Awaitable[Any]], what: str, *, gone_ok: bool = False
+    ctx: RunContext,
+    get: Callable[[], Awaitable[Any]],
+    what: str,
+    *,
+    gone_ok: bool = False,
+    after_write: bool = False,
 ) -> Any:
     """Read ``what`` until its provisioning state leaves Updating/Creating/Deleting.
 
-    Reads tolerate 429/5xx (they are only reads); gives up after ``azure.settle_timeout``
-    with a transient error. With ``gone_ok`` a 404 ends the wait (a delete that finished)
-    and returns None.
+    Gives up after ``azure.settle_timeout`` with a transient error. ``after_write``: a write
+    went out and its outcome is being judged, so failing reads (429/5xx beyond azure-core's
+    retries) are only missed samples; otherwise they fail at once (ARM down is not a state
+    to wait out inside a run). With ``gone_ok`` a 404 ends the wait (a finished delete) and
+    returns None.
     """
     cfg = ctx.services.settings.azure
     deadline = time.monotonic() + cfg.settle_timeout
@@ -95,7 +102,7 @@ async def settled(
         except Exception as exc:
             if gone_ok and is_not_found(exc):
                 return None
-            if not is_transient(exc):
+            if not (after_write and is_transient(exc)):
                 raise
             state = f"unreadable ({describe_error(exc)[0]})"
         if time.monotonic() >= deadline:
@@ -122,7 +129,7 @@ async def finish(
         lost = is_not_found(exc) or is_transient(exc)
         if get is None or not lost:
             raise
-        return await settled(ctx, get, what, gone_ok=gone_ok)
+        return await settled(ctx, get, what, gone_ok=gone_ok, after_write=True)
 
 
 def _operation_failed(exc: BaseException) -> bool:

@@ -230,7 +230,13 @@ async def test_counters_count_reads_and_writes_exactly(
     assert world.counters.reads(collection) == 1
     async with http.get(sim.url("/_sim/counters")) as resp:
         snapshot = await resp.json()
-    assert snapshot[LNG_PATH.lower()] == {"reads": 2, "writes": 1, "polls": 0, "faults": 0}
+    assert snapshot[LNG_PATH.lower()] == {
+        "reads": 2,
+        "writes": 1,
+        "polls": 0,
+        "faults": 0,
+        "redundant": 0,
+    }
     async with http.delete(sim.url("/_sim/counters")) as resp:
         assert resp.status == 200
     assert world.counters.snapshot() == {}
