@@ -21,6 +21,7 @@ import aiohttp
 from aiohttp import web
 from cryptography.fernet import Fernet
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from bot.app import open_services, run_process
@@ -342,7 +343,6 @@ async def _follow(
                 console.print(
                     f"  [magenta]event[/magenta] {info.get('event_type')} (run {run_id[:8]})"
                 )
-                console.print(f"  [magenta]decide[/magenta] {info.get('reason')}")
             journal = await state.journal(site, run_id)
             for entry in journal[shown.get(run_id, 0) :]:
                 _print_step(console, entry.step, entry.phase, entry.data)
@@ -355,6 +355,7 @@ async def _follow(
                         _print_step(console, entry.step, entry.phase, entry.data)
                 took = time.monotonic() - change.pushed_at
                 colour = "green" if record.outcome == "ok" else "red"
+                console.print(f"  [magenta]why[/magenta]   {escape(record.reason)}")
                 console.print(
                     f"  [{colour}]done[/{colour}]  {record.outcome} in {took:.1f}s after the push"
                 )
@@ -367,8 +368,11 @@ async def _follow(
 
 def _print_step(console: Console, step: str, phase: str, data: Any) -> None:
     if step == ":playbook":
-        if phase == "start":
-            console.print(f"  [blue]playbook[/blue] {data} ...")
+        if phase == "start" and isinstance(data, dict):
+            planned = "; ".join(
+                f"{c['field']} {c['old']} -> {c['new']}" for c in data.get("changes") or []
+            )
+            console.print(f"  [blue]playbook[/blue] {data.get('playbook')}: plan {planned} ...")
         elif phase == "done" and isinstance(data, dict):
             colour = "green" if data.get("outcome") in ("ok", "no_changes") else "red"
             text = data.get("detail") or data.get("error") or ""
