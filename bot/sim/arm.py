@@ -12,9 +12,19 @@ Routes (all under ``/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft
 
 - ``localNetworkGateways[/{n}]``
 - ``connections[/{n}[/sharedkey[/reset] | /resetconnection | /getikesas]]``
-- ``virtualNetworkGateways[/{n}[/reset | /connections]]``
+- ``virtualNetworkGateways[/{n}[/reset[?gatewayVip=] | /getBgpPeerStatus[?peer=] |
+  /connections]]``
 - operation status: ``/subscriptions/{sub}/providers/Microsoft.Network/locations/{loc}/``
   ``operations/{id}`` (Azure-AsyncOperation) and ``operationResults/{id}`` (Location).
+
+Plus Microsoft.Resources resource groups: ``/subscriptions/{sub}/resourcegroups[/{rg}]``
+(PUT, GET, HEAD, DELETE as an LRO polled at ``/subscriptions/{sub}/operationresults/{id}``;
+GET of the collection lists them), checked against ``settings.resource_api_versions``.
+
+A LIST of connections (the collection, and a gateway's ``/connections``) leaves out
+``connectionStatus`` and ``tunnelConnectionStatus`` like ARM does; a GET by name has them.
+Each LIST page counts as one read of the collection (key: the collection path, see
+:func:`bot.sim.resources.collection_id`), each GET as a read of that resource.
 The ``/_sim/`` control API lives in :mod:`bot.sim.control`.
 """
 
@@ -36,7 +46,7 @@ from bot.sim.errors import ArmError
 from bot.sim.faults import REQUEST_KINDS, FaultKind, FaultRule
 from bot.sim.lro import Operation, OpStatus
 from bot.sim.metering import OpClass
-from bot.sim.resources import Kind, make_id
+from bot.sim.resources import Kind, collection_id, make_id, resource_group_id
 from bot.sim.world import World
 
 __all__ = ["WORLD_KEY", "World", "create_app", "main", "start_arm_sim"]
@@ -53,6 +63,12 @@ RES_RE = re.compile(
     r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.Network"
     r"/(?P<type>[^/]+)(?:/(?P<name>[^/]+)(?P<action>(?:/[^/]+)*))?/?$",
     re.IGNORECASE,
+)
+RG_RE = re.compile(
+    r"^/subscriptions/(?P<sub>[^/]+)/resourcegroups(?:/(?P<rg>[^/]+))?/?$", re.IGNORECASE
+)
+RG_OP_RE = re.compile(
+    r"^/subscriptions/(?P<sub>[^/]+)/operationresults/(?P<op>[^/]+)/?$", re.IGNORECASE
 )
 API_VERSION_RE = re.compile(r"^\d{4}-\d{2}-\d{2}(-preview)?$")
 DEFAULT_STATUS_CODES = {
@@ -211,7 +227,11 @@ def _authenticate(world: World, request: web.Request) -> None:
         )
 
 
-def _api_version(world: World, request: web.Request, type_name: str) -> str:
+def _api_version(
+    world: World, request: web.Request, type_name: str, *, arm_own: bool = False
+) -> str:
+    """The request's api-version; ``arm_own`` for ARM's own types (resource groups), which
+    ARM answers with ``InvalidApiVersionParameter`` rather than ``NoRegisteredProviderFound``."""
     version = request.query.get("api-version")
     if not version:
         raise ArmError(
@@ -219,14 +239,15 @@ def _api_version(world: World, request: web.Request, type_name: str) -> str:
             "MissingApiVersionParameter",
             "The api-version query parameter (?api-version=) is required for all requests.",
         )
-    supported = "', '".join(world.settings.api_versions)
-    if not API_VERSION_RE.match(version):
+    versions = world.settings.resource_api_versions if arm_own else world.settings.api_versions
+    supported = "', '".join(versions)
+    if not API_VERSION_RE.match(version) or (arm_own and version not in versions):
         raise ArmError(
             400,
             "InvalidApiVersionParameter",
             f"The api-version '{version}' is invalid. The supported versions are '{supported}'.",
         )
-    if version not in world.settings.api_versions:
+    if version not in versions:
         raise ArmError(
             400,
             "NoRegisteredProviderFound",
@@ -270,6 +291,11 @@ class _Ctx:
         if op is None:
             return {}
         query = f"?api-version={self.api_version}"
+        if op.arm_scope:  # ARM's own operations only have a Location URL
+            return {
+                "Location": self.base + op.path() + query,
+                "Retry-After": str(self.world.settings.retry_after),
+            }
         headers = {
             "Azure-AsyncOperation": self.base + op.path("operations") + query,
             "Retry-After": str(self.world.settings.retry_after),
@@ -295,17 +321,33 @@ class _Ctx:
 
 async def _handle(world: World, request: web.Request) -> web.StreamResponse:
     path, method = request.path, request.method.upper()
-    op_match, res_match = OP_RE.match(path), RES_RE.match(path)
+    op_match = OP_RE.match(path) or RG_OP_RE.match(path)
+    res_match, rg_match = RES_RE.match(path), RG_RE.match(path)
+    arm_own = False
     if op_match:
         op = world.ops.get(op_match["op"])
         sub, type_name = op_match["sub"], "locations/operations"
+        arm_own = "loc" not in op_match.groupdict()
         world.counters.count(op.resource_id if op else path, "polls")
         counter_key = op.resource_id if op else path
     elif res_match:
         sub, type_name = res_match["sub"], res_match["type"]
         kind = Kind.parse(type_name)
         name = res_match["name"]
-        counter_key = make_id(sub, res_match["rg"], kind, name) if kind and name else path
+        if kind and name:
+            counter_key = make_id(sub, res_match["rg"], kind, name)
+        elif kind:
+            counter_key = collection_id(sub, res_match["rg"], kind)
+        else:
+            counter_key = path
+        world.counters.count(counter_key, "reads" if method in ("GET", "HEAD") else "writes")
+    elif rg_match:
+        sub, type_name, arm_own = rg_match["sub"], "resourceGroups", True
+        counter_key = (
+            resource_group_id(sub, rg_match["rg"])
+            if rg_match["rg"]
+            else f"/subscriptions/{sub}/resourceGroups"
+        )
         world.counters.count(counter_key, "reads" if method in ("GET", "HEAD") else "writes")
     else:
         raise ArmError(
@@ -313,7 +355,7 @@ async def _handle(world: World, request: web.Request) -> web.StreamResponse:
         )
 
     _authenticate(world, request)
-    api_version = _api_version(world, request, type_name)
+    api_version = _api_version(world, request, type_name, arm_own=arm_own)
     rule = world.faults.take(method, path, REQUEST_KINDS)
     if rule is not None:
         world.counters.count(counter_key, "faults")
@@ -335,9 +377,13 @@ async def _handle(world: World, request: web.Request) -> web.StreamResponse:
 
     ctx = _Ctx(world, request, api_version)
     if op_match:
-        response = _handle_operation(ctx, op_match["op"], op_match["what"].lower(), method)
+        what = op_match.groupdict().get("what") or "operationresults"
+        response = _handle_operation(ctx, op_match["op"], what.lower(), method)
+    elif res_match:
+        response = await _handle_resource(ctx, res_match, method)
     else:
-        response = await _handle_resource(ctx, res_match, method)  # type: ignore[arg-type]
+        assert rg_match is not None
+        response = await _handle_resource_group(ctx, rg_match, method)
     response.headers.update(rate_header)
     return response
 
@@ -384,7 +430,9 @@ async def _handle_resource(ctx: _Ctx, m: re.Match[str], method: str) -> web.Stre
     if name is None:
         if method != "GET":
             raise _method_not_allowed(method)
-        return ctx.page([world.render(r) for r in world.list_resources(kind, sub, rg)])
+        return ctx.page(
+            [world.render(r, listing=True) for r in world.list_resources(kind, sub, rg)]
+        )
 
     if_match = ctx.request.headers.get("If-Match")
     if_none_match = ctx.request.headers.get("If-None-Match")
@@ -436,6 +484,7 @@ async def _handle_resource(ctx: _Ctx, m: re.Match[str], method: str) -> web.Stre
         (Kind.CONNECTION, "/resetconnection"),
         (Kind.CONNECTION, "/getikesas"),
         (Kind.VNG, "/reset"),
+        (Kind.VNG, "/getbgppeerstatus"),
     }
     if (kind, action) in posts:
         if method != "POST":
@@ -446,8 +495,14 @@ async def _handle_resource(ctx: _Ctx, m: re.Match[str], method: str) -> web.Stre
             _, op = world.reset_connection(sub, rg, name, request=ctx.sig)
         elif action == "/getikesas":
             _, op = world.get_ike_sas(sub, rg, name, request=ctx.sig)
+        elif action == "/getbgppeerstatus":
+            _, op = world.get_bgp_peer_status(
+                sub, rg, name, peer=ctx.request.query.get("peer"), request=ctx.sig
+            )
         else:
-            _, op = world.reset_gateway(sub, rg, name, request=ctx.sig)
+            _, op = world.reset_gateway(
+                sub, rg, name, gateway_vip=ctx.request.query.get("gatewayVip"), request=ctx.sig
+            )
         return web.Response(status=202, headers=ctx.lro_headers(op, location=True))
 
     if kind is Kind.VNG and action == "/connections":
@@ -455,10 +510,33 @@ async def _handle_resource(ctx: _Ctx, m: re.Match[str], method: str) -> web.Stre
             raise _method_not_allowed(method)
         gw = world.get(Kind.VNG, sub, rg, name)
         conns = [
-            world.render(r)
+            world.render(r, listing=True)
             for r in world.list_resources(Kind.CONNECTION, sub, rg)
             if gw.key in (r.ref("virtualNetworkGateway1"), r.ref("virtualNetworkGateway2"))
         ]
         return ctx.page(conns)
 
     raise _not_modelled(kind.value, action)
+
+
+async def _handle_resource_group(ctx: _Ctx, m: re.Match[str], method: str) -> web.StreamResponse:
+    """Microsoft.Resources ``resourcegroups``: create/update, read, exists, delete, list."""
+    world, sub, name = ctx.world, m["sub"], m["rg"]
+    if name is None:
+        if method != "GET":
+            raise _method_not_allowed(method)
+        return ctx.page([g.render() for g in world.list_resource_groups(sub)])
+    if method == "PUT":
+        group, created = world.put_resource_group(sub, name, await _body(ctx.request))
+        return _json(group.render(), 201 if created else 200)
+    if method == "GET":
+        return _json(world.get_resource_group(sub, name).render())
+    if method == "HEAD":
+        exists = (sub.lower(), name.lower()) in world.resource_groups
+        return web.Response(status=204 if exists else 404)
+    if method == "DELETE":
+        op = world.delete_resource_group(sub, name, request=ctx.sig)
+        if op is None:
+            return web.Response(status=200)
+        return web.Response(status=202, headers=ctx.lro_headers(op, location=True))
+    raise _method_not_allowed(method)

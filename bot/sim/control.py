@@ -11,7 +11,12 @@ Routes (no authentication; the server only listens on loopback)::
     PUT    /_sim/dns/{name}                 {"ip": "203.0.113.7"}
     DELETE /_sim/dns/{name}
     GET    /_sim/tunnels                    {connection id: status}
-    POST   /_sim/tunnels/drop               {"connection": id-or-name, "cleared_by"?: [...]}
+    GET    /_sim/tunnels/detail             [per connection: status, drop, tunnels[] with
+                                             instance, tunnel, vip, status, idle, bytes]
+    POST   /_sim/tunnels/drop               {"connection": id-or-name, "cleared_by"?: [...],
+                                             "instance"?: 0 | 1 | tunnel name | VIP}
+    POST   /_sim/tunnels/idle               {"connection": id-or-name, "idle"?: true,
+                                             "instance"?: 0 | 1 | tunnel name | VIP}
     GET    /_sim/faults                     armed rules
     POST   /_sim/faults                     FaultSpec -> 201 armed rule (with "id")
     DELETE /_sim/faults                     disarm all
@@ -33,6 +38,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from bot.sim.faults import FaultSpec
+from bot.sim.resources import Kind
 from bot.sim.world import World
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -107,11 +113,37 @@ def add_control_routes(app: web.Application, world: World) -> None:
     async def tunnels(_: web.Request) -> web.StreamResponse:
         return web.json_response(world.dump()["tunnels"])
 
+    async def tunnel_detail(_: web.Request) -> web.StreamResponse:
+        conns = sorted(
+            (r for r in world.resources.values() if r.kind is Kind.CONNECTION),
+            key=lambda r: r.key,
+        )
+        return web.json_response([world.tunnel_info(r) for r in conns])
+
+    def instance(body: dict[str, Any]) -> int | str | None:
+        value = body.get("instance")
+        if value is None or (isinstance(value, (int, str)) and not isinstance(value, bool)):
+            return value
+        raise ValueError("instance must be an index, a tunnel name or a gateway VIP")
+
     async def drop(request: web.Request) -> web.StreamResponse:
         body = await _json_body(request)
-        world.drop_tunnel(_field(body, "connection"), body.get("cleared_by"))
+        world.drop_tunnel(
+            _field(body, "connection"), body.get("cleared_by"), instance=instance(body)
+        )
         conn = world.find(_field(body, "connection"))
-        return web.json_response({"id": conn.id, "connectionStatus": world.connection_status(conn)})
+        return web.json_response(
+            {"id": conn.id, "connectionStatus": world.connection_status(conn)}
+            | {"tunnels": world.tunnel_info(conn)["tunnels"]}
+        )
+
+    async def idle(request: web.Request) -> web.StreamResponse:
+        body = await _json_body(request)
+        flag = body.get("idle", True)
+        if not isinstance(flag, bool):
+            raise ValueError("idle must be true or false")
+        world.set_idle(_field(body, "connection"), flag, instance=instance(body))
+        return web.json_response(world.tunnel_info(_field(body, "connection")))
 
     async def list_faults(_: web.Request) -> web.StreamResponse:
         return web.json_response([r.model_dump() for r in world.faults.rules()])
@@ -150,7 +182,9 @@ def add_control_routes(app: web.Application, world: World) -> None:
         ("PUT", "/_sim/dns/{name}", put_dns),
         ("DELETE", "/_sim/dns/{name}", delete_dns),
         ("GET", "/_sim/tunnels", tunnels),
+        ("GET", "/_sim/tunnels/detail", tunnel_detail),
         ("POST", "/_sim/tunnels/drop", drop),
+        ("POST", "/_sim/tunnels/idle", idle),
         ("GET", "/_sim/faults", list_faults),
         ("POST", "/_sim/faults", add_fault),
         ("DELETE", "/_sim/faults", clear_faults),

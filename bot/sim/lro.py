@@ -7,6 +7,9 @@ at ``…/providers/Microsoft.Network/locations/{loc}/operations/{id}`` (the
 the action's result). An operation finishes after ``required_polls`` InProgress
 polls, or on its own once ``settle_at`` passes, so clients that never poll
 (``polling=False``) still see their resource settle.
+
+Resource-group deletes are ARM's own operations (``arm_scope``): their only URL is
+``/subscriptions/{sub}/operationresults/{id}`` (the ``Location`` target).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class Operation:
     result: Callable[[], tuple[int, Any]]  # (status, JSON body or None) for operationResults
     failure: OpFailure | None = None
     lost: bool = False
+    arm_scope: bool = False  # a Microsoft.Resources operation (resource group delete)
     polls: int = 0
     status: OpStatus = OpStatus.IN_PROGRESS
     start_time: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
@@ -56,6 +60,8 @@ class Operation:
         return self.status is not OpStatus.IN_PROGRESS
 
     def path(self, what: str = "operations") -> str:
+        if self.arm_scope:
+            return f"/subscriptions/{self.subscription}/operationresults/{self.id}"
         return (
             f"/subscriptions/{self.subscription}/providers/Microsoft.Network/locations/"
             f"{self.location}/{what}/{self.id}"
@@ -95,6 +101,7 @@ class OperationBook:
         result: Callable[[], tuple[int, Any]] | None = None,
         failure: OpFailure | None = None,
         lost: bool = False,
+        arm_scope: bool = False,
     ) -> Operation:
         now = self._clock()
         op = Operation(
@@ -110,6 +117,7 @@ class OperationBook:
             result=result or (lambda: (204, None)),
             failure=failure,
             lost=lost,
+            arm_scope=arm_scope,
         )
         self._ops[op.id.lower()] = op
         return op

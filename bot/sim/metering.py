@@ -22,7 +22,8 @@ class OpClass(StrEnum):
 
 @dataclass
 class Counter:
-    reads: int = 0  # GETs of a resource, its sub-resources (sharedkey) or a collection
+    # GETs of a resource, its sub-resources (sharedkey) or a collection (one per LIST page)
+    reads: int = 0
     writes: int = 0  # PUT / PATCH / DELETE / POST actions
     polls: int = 0  # GETs of this resource's async-operation / operation-result URLs
     faults: int = 0  # injected or throttled responses among the above

@@ -116,3 +116,15 @@ class Resource:
             body["tags"] = dict(self.tags)
         body["properties"] = props
         return body
+
+
+def collection_id(subscription: str, resource_group: str, kind: Kind) -> str:
+    """The path of a resource collection (the counter key of its LIST requests)."""
+    return (
+        f"/subscriptions/{subscription}/resourceGroups/{resource_group}"
+        f"/providers/Microsoft.Network/{kind.value}"
+    )
+
+
+def resource_group_id(subscription: str, resource_group: str) -> str:
+    return f"/subscriptions/{subscription}/resourceGroups/{resource_group}"

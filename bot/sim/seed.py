@@ -12,6 +12,9 @@ Example (TOML)::
     page_size = 100           # list page size (nextLink paging)
     tokens = []               # accepted bearer tokens; empty = any non-empty token
     throttling = true         # ARM-like per-subscription token buckets (429s)
+    ingress_bytes_per_second = 1000.0  # traffic per Connected, non-idle tunnel
+    egress_bytes_per_second = 500.0
+    azure_asn = 65515         # ASN in the gateways' computed bgpSettings
 
     [[resource_groups]]
     name = "rg-vpn"
@@ -21,6 +24,7 @@ Example (TOML)::
     resource_group = "rg-vpn"
     name = "vpngw"
     properties = { gatewayType = "Vpn", vpnType = "RouteBased" }   # optional extras
+    # properties = { activeActive = true }   # two instances: two tunnels per connection
 
     [[local_network_gateways]]
     resource_group = "rg-vpn"

@@ -8,13 +8,30 @@ while its local network gateway (LNG) points at the device's real public IP
 device's key. When a change makes them agree the connection is ``Connecting``
 for ``settings.tunnel_delay`` seconds, then ``Connected``; when they disagree it
 is ``NotConnected``. ``Failed``/``Deleting`` provisioning states on the
-connection or either gateway also keep a tunnel down. Vnet2Vnet connections are
-connected whenever both gateways exist. Traffic counters stay 0.
+connection or either gateway also keep a tunnel down. An IPsec connection whose LNG has
+no device behind it at all is ``Unknown`` (Azure has never heard from a peer), as are
+ExpressRoute/VPNClient connections. Vnet2Vnet connections are connected whenever both
+gateways exist.
 
-A tunnel can be dropped on purpose (:meth:`World.drop_tunnel`); it stays down
-until one of the actions in ``cleared_by`` happens (default: any of
-``reset_connection``, ``put_connection``, ``set_shared_key``, ``put_lng``,
-``reset_gateway``), which lets tests model "only a gateway reset helps".
+**Tunnels.** Each connection has one IPsec tunnel per instance of its virtual network
+gateway: one, or two when the gateway has ``activeActive: true``. A GET renders them as
+``tunnelConnectionStatus[]`` entries named ``{connection}_{instance public IP}`` (as in
+Microsoft's docs) with their own status and byte counters; the connection's counters are
+the sums (in the docs' sample output the connection totals equal the sum of the two
+tunnels). The connection is Connected while at least one tunnel is. While a tunnel is
+Connected and not *idle* its counters grow at ``settings.ingress_bytes_per_second`` /
+``egress_bytes_per_second``; they never grow otherwise and are kept across drops and resets
+(reset only when the connection is re-created). A LIST of connections omits
+``connectionStatus`` and ``tunnelConnectionStatus`` and reports the counters as 0, which is
+what ARM returns (azure-powershell#2581, azure-cli#2061: the status is filled in on a GET
+by name only).
+
+A tunnel can be dropped on purpose (:meth:`World.drop_tunnel`, the whole connection or one
+tunnel of an active-active pair); it stays down until one of the actions in ``cleared_by``
+happens (default: any of ``reset_connection``, ``put_connection``, ``set_shared_key``,
+``put_lng``, ``reset_gateway``), which lets tests model "only a gateway reset helps". A
+gateway reset reboots one instance: the one whose public IP is given as ``gatewayVip``, else
+the primary (instance 0), as the reset-gateway doc describes for active-active gateways.
 
 Seed file format: see :mod:`bot.sim.seed` (and ``docs/simulator.md``).
 All mutators raise :class:`~bot.sim.errors.ArmError` exactly as the REST API
@@ -30,8 +47,9 @@ import secrets
 import string
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +57,7 @@ from bot.sim.errors import (
     ArmError,
     another_operation_in_progress,
     bad_request,
+    invalid_resource_group_location,
     precondition_failed,
     resource_group_not_found,
     resource_not_found,
@@ -53,10 +72,18 @@ from bot.sim.resources import (
     make_id,
     new_etag,
     normalize_location,
+    resource_group_id,
 )
 from bot.sim.seed import SeedFile, load_seed
 from bot.sim.settings import SimSettings
-from bot.sim.validation import ipv4, validate_connection, validate_lng, validate_vng
+from bot.sim.validation import (
+    ipv4,
+    validate_connection,
+    validate_lng,
+    validate_name,
+    validate_resource_group_name,
+    validate_vng,
+)
 
 READ_ONLY_PROPS = frozenset(
     {
@@ -72,6 +99,14 @@ TUNNEL_ACTIONS = frozenset(
     {"reset_connection", "put_connection", "set_shared_key", "put_lng", "reset_gateway"}
 )
 DOWN_STATES = frozenset({"Failed", "Deleting"})
+# lastConnectionEstablishedUtcTime as Microsoft's docs print it ("11/04/2017 17:03:30").
+ESTABLISHED_FORMAT = "%m/%d/%Y %H:%M:%S"
+# Gateway instance public IPs come from the benchmarking range (never routed), BGP addresses
+# from a /27 per gateway in 10.128.0.0/9 (".4"/".5" like the first usable GatewaySubnet IPs).
+VIP_BASE = IPv4Address("198.18.0.0")
+BGP_BASE = IPv4Address("10.128.0.0")
+BGP_STATES = {"Connected": "Connected", "Connecting": "Connecting"}  # anything else: Idle
+BGP_KEEPALIVE_SECONDS = 60
 
 RequestSig = tuple[str, str]  # (HTTP method, URL path) of the request starting an LRO
 
@@ -81,6 +116,28 @@ class ResourceGroup:
     subscription: str
     name: str
     location: str
+    tags: dict[str, str] = field(default_factory=dict)
+    managed_by: str | None = None
+    provisioning_state: str = "Succeeded"
+
+    @property
+    def id(self) -> str:
+        return resource_group_id(self.subscription, self.name)
+
+    def render(self) -> dict[str, Any]:
+        """The Microsoft.Resources JSON of the group (as the spec examples show it)."""
+        body: dict[str, Any] = {
+            "id": self.id,
+            "name": self.name,
+            "type": "Microsoft.Resources/resourceGroups",
+            "location": self.location,
+        }
+        if self.managed_by:
+            body["managedBy"] = self.managed_by
+        if self.tags:
+            body["tags"] = dict(self.tags)
+        body["properties"] = {"provisioningState": self.provisioning_state}
+        return body
 
 
 @dataclass
@@ -95,11 +152,30 @@ class Device:
 
 
 @dataclass
+class TunnelLeg:
+    """One IPsec tunnel of a connection: one gateway instance <-> the on-premises device."""
+
+    up_at: float | None = None  # clock time it is (or becomes) Connected; None: down
+    dropped_until: frozenset[str] | None = None  # forced down until one of these actions
+    idle: bool = False  # Connected but passing no traffic
+    ingress: float = 0.0
+    egress: float = 0.0
+    accrued_at: float | None = None  # counters are exact up to this clock time
+    last_established: datetime | None = None
+    established_for: float | None = None  # the up_at last_established belongs to
+
+
+def _legs(now: float | None = None) -> list[TunnelLeg]:
+    return [TunnelLeg(accrued_at=now), TunnelLeg(accrued_at=now)]
+
+
+@dataclass
 class Tunnel:
+    """Tunnel state of one connection (legs beyond the gateway's instance count are unused)."""
+
     agreed: bool = False
-    up_at: float | None = None
     dropped_until: frozenset[str] | None = None
-    established: datetime | None = None
+    legs: list[TunnelLeg] = field(default_factory=_legs)
 
 
 def _etag_matches(header: str, etag: str) -> bool:
@@ -108,6 +184,19 @@ def _etag_matches(header: str, etag: str) -> bool:
         return tag[2:] if tag.startswith("W/") else tag
 
     return any(t.strip() == "*" or bare(t) == bare(etag) for t in header.split(","))
+
+
+def _timespan(seconds: float) -> str:
+    """A .NET TimeSpan string ("9.01:04:53.5768637"), as BgpPeerStatus.connectedDuration."""
+    ticks = max(0, round(seconds * 10_000_000))
+    days, rest = divmod(ticks, 86_400 * 10_000_000)
+    hours, rest = divmod(rest, 3_600 * 10_000_000)
+    minutes, rest = divmod(rest, 60 * 10_000_000)
+    secs, fraction = divmod(rest, 10_000_000)
+    text = f"{hours:02d}:{minutes:02d}:{secs:02d}"
+    if fraction:
+        text += f".{fraction:07d}"
+    return f"{days}.{text}" if days else text
 
 
 class World:
@@ -127,6 +216,7 @@ class World:
         self.counters = RequestCounters()
         self.ops = OperationBook(clock)
         self.limiter = RateLimiter(clock, ARM_LIMITS)
+        self._gateway_slots: dict[str, int] = {}
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -254,32 +344,225 @@ class World:
             raise KeyError(f"{len(hits)} {kind.value} named {ref!r}; use the full id")
         return hits[0]
 
+    # ------------------------------------------------------------------ resource groups (ARM)
+    def put_resource_group(self, sub: str, name: str, body: Any) -> tuple[ResourceGroup, bool]:
+        """``PUT /subscriptions/{sub}/resourcegroups/{name}``; returns (group, created).
+
+        Any subscription id is accepted: creating a group is how a subscription comes to
+        exist in the simulator.
+        """
+        validate_resource_group_name(name)
+        if not isinstance(body, dict):
+            raise bad_request(
+                "The request content was invalid and could not be deserialized.",
+                "InvalidRequestContent",
+            )
+        location = body.get("location")
+        if not isinstance(location, str) or not location.strip():
+            raise ArmError(
+                400, "LocationRequired", "The location property is required for this definition."
+            )
+        tags = body.get("tags") or {}
+        managed_by = body.get("managedBy")
+        if not isinstance(tags, dict) or not (managed_by is None or isinstance(managed_by, str)):
+            raise bad_request(
+                "'tags' must be an object and 'managedBy' a string.", "InvalidRequestContent"
+            )
+        loc = normalize_location(location)
+        existing = self.resource_groups.get((sub.lower(), name.lower()))
+        if existing is not None:
+            if existing.location != loc:
+                raise invalid_resource_group_location(location, existing.location)
+            if existing.provisioning_state == "Deleting":
+                raise ArmError(
+                    409,
+                    "ResourceGroupBeingDeleted",
+                    f"The resource group '{existing.name}' is in deprovisioning state and "
+                    "cannot perform this operation.",
+                )
+            existing.tags = {str(k): str(v) for k, v in tags.items()}
+            existing.managed_by = managed_by or existing.managed_by
+            return existing, False
+        group = self.add_resource_group(sub, name, loc)
+        group.tags = {str(k): str(v) for k, v in tags.items()}
+        group.managed_by = managed_by
+        return group, True
+
+    def get_resource_group(self, sub: str, name: str) -> ResourceGroup:
+        group = self.resource_groups.get((sub.lower(), name.lower()))
+        if group is None:
+            raise resource_group_not_found(name)
+        return group
+
+    def list_resource_groups(self, sub: str) -> list[ResourceGroup]:
+        return sorted(
+            (g for (s, _), g in self.resource_groups.items() if s == sub.lower()),
+            key=lambda g: g.name.lower(),
+        )
+
+    def delete_resource_group(
+        self, sub: str, name: str, *, request: RequestSig | None = None
+    ) -> Operation | None:
+        """ARM DELETE of a group: everything in it goes, then the group (an LRO)."""
+        group = self.get_resource_group(sub, name)
+        group.provisioning_state = "Deleting"
+        prefix = (group.id + "/").lower()
+
+        def remove() -> None:
+            for key in [k for k in self.resources if k.startswith(prefix)]:
+                self.resources.pop(key, None)
+                self.tunnels.pop(key, None)
+            self.resource_groups.pop((sub.lower(), name.lower()), None)
+            self.reevaluate()
+
+        return self._start_operation(
+            subscription=group.subscription,
+            location=group.location,
+            resource_id=group.id,
+            request=request,
+            on_success=remove,
+            on_failure=lambda: setattr(group, "provisioning_state", "Succeeded"),
+            arm_scope=True,
+        )
+
     # ------------------------------------------------------------------ rendering
-    def render(self, res: Resource) -> dict[str, Any]:
+    def render(self, res: Resource, *, listing: bool = False) -> dict[str, Any]:
+        """ARM JSON of ``res``; ``listing`` gives what a LIST returns (no tunnel status)."""
+        if res.kind is Kind.VNG:
+            return self._render_gateway(res)
         if res.kind is not Kind.CONNECTION:
             return res.render()
+        if listing:
+            return res.render({"ingressBytesTransferred": 0, "egressBytesTransferred": 0})
+        self._settle_traffic(res.key)
         status = self.connection_status(res)
-        extra: dict[str, Any] = {
-            "connectionStatus": status,
-            "ingressBytesTransferred": 0,
-            "egressBytesTransferred": 0,
-        }
-        lng = self.resources.get(res.ref("localNetworkGateway2") or "")
-        endpoint = self.lng_endpoint(lng) if lng else None
-        if endpoint:
-            tunnel: dict[str, Any] = {
-                "tunnel": f"{lng.name if lng else ''}_{endpoint}",
-                "connectionStatus": status,
-                "ingressBytesTransferred": 0,
-                "egressBytesTransferred": 0,
-            }
-            established = self.tunnels.get(res.key, Tunnel()).established
-            if status == "Connected" and established:
-                tunnel["lastConnectionEstablishedUtcTime"] = established.strftime(
-                    "%m/%d/%Y %I:%M:%S %p"
-                )
-            extra["tunnelConnectionStatus"] = [tunnel]
+        tunnel = self.tunnels.get(res.key)
+        entries: list[dict[str, Any]] = []
+        if tunnel is not None and res.properties.get("connectionType") in ("IPsec", "Vnet2Vnet"):
+            vips = self._connection_vips(res)
+            now = self.clock()
+            for index, leg in enumerate(tunnel.legs[: len(vips)]):
+                leg_status = "Unknown" if status == "Unknown" else self._leg_state(tunnel, leg, now)
+                entry: dict[str, Any] = {
+                    "tunnel": f"{res.name}_{vips[index]}",
+                    "connectionStatus": leg_status,
+                    "ingressBytesTransferred": int(leg.ingress),
+                    "egressBytesTransferred": int(leg.egress),
+                }
+                if leg.last_established is not None:
+                    entry["lastConnectionEstablishedUtcTime"] = leg.last_established.strftime(
+                        ESTABLISHED_FORMAT
+                    )
+                entries.append(entry)
+        extra: dict[str, Any] = {"connectionStatus": status}
+        if entries:
+            extra["tunnelConnectionStatus"] = entries
+        extra["ingressBytesTransferred"] = sum(e["ingressBytesTransferred"] for e in entries)
+        extra["egressBytesTransferred"] = sum(e["egressBytesTransferred"] for e in entries)
         return res.render(extra)
+
+    def _instances(self, gw: Resource | None) -> int:
+        """How many gateway instances carry tunnels: 2 when active-active, else 1."""
+        if gw is None:
+            return 1
+        return 2 if gw.properties.get("activeActive") is True else 1
+
+    def _gateway_slot(self, gw: Resource) -> int:
+        slot = self._gateway_slots.get(gw.key)
+        if slot is None:
+            slot = self._gateway_slots[gw.key] = len(self._gateway_slots)
+        return slot
+
+    def gateway_vips(self, gateway: Resource | str) -> list[str]:
+        """Public IPs of a gateway's instances (one, or two when active-active)."""
+        gw = gateway if isinstance(gateway, Resource) else self.find(gateway, Kind.VNG)
+        slot = self._gateway_slot(gw)
+        return [str(VIP_BASE + 2 * slot + i) for i in range(self._instances(gw))]
+
+    def _gateway_bgp_addresses(self, gw: Resource) -> list[str]:
+        slot = self._gateway_slot(gw)
+        return [str(BGP_BASE + 32 * slot + 4 + i) for i in range(self._instances(gw))]
+
+    def _connection_vips(self, conn: Resource) -> list[str]:
+        gw = self.resources.get(conn.ref("virtualNetworkGateway1") or "")
+        return self.gateway_vips(gw) if gw is not None else ["0.0.0.0"]
+
+    def _render_gateway(self, gw: Resource) -> dict[str, Any]:
+        """Gateway JSON plus the BGP settings NRP computes (per-instance addresses and VIPs)."""
+        body = gw.render()
+        props = body["properties"]
+        if props.get("gatewayType") != "Vpn":
+            return body
+        addresses, vips = self._gateway_bgp_addresses(gw), self.gateway_vips(gw)
+        configs = [c for c in props.get("ipConfigurations") or [] if isinstance(c, dict)]
+        computed: dict[str, Any] = {
+            "asn": self.settings.azure_asn,
+            "bgpPeeringAddress": ",".join(addresses),
+            "peerWeight": 0,
+            "bgpPeeringAddresses": [
+                {
+                    "ipconfigurationId": str(configs[i]["id"])
+                    if i < len(configs)
+                    else f"{gw.id}/ipConfigurations/{'default' if i == 0 else 'activeActive'}",
+                    "defaultBgpIpAddresses": [addresses[i]],
+                    "customBgpIpAddresses": [],
+                    "tunnelIpAddresses": [vips[i]],
+                }
+                for i in range(len(vips))
+            ],
+        }
+        stored = props.get("bgpSettings")
+        if isinstance(stored, dict):
+            entries = stored.get("bgpPeeringAddresses")
+            for index, entry in enumerate(entries if isinstance(entries, list) else []):
+                if not isinstance(entry, dict):
+                    continue
+                target = next(
+                    (
+                        c
+                        for c in computed["bgpPeeringAddresses"]
+                        if str(c["ipconfigurationId"]).lower()
+                        == str(entry.get("ipconfigurationId", "")).lower()
+                    ),
+                    None,
+                )
+                if target is None and index < len(computed["bgpPeeringAddresses"]):
+                    target = computed["bgpPeeringAddresses"][index]
+                if target is not None:
+                    target["customBgpIpAddresses"] = list(entry.get("customBgpIpAddresses") or [])
+            computed.update(
+                {k: v for k, v in stored.items() if v is not None and k != "bgpPeeringAddresses"}
+            )
+        props["bgpSettings"] = computed
+        return body
+
+    def _strip_computed_bgp(self, gateway_id: str, props: dict[str, Any]) -> None:
+        """Drop what NRP computes from a gateway's incoming ``bgpSettings`` (a GET -> PUT round
+        trip sends it back): per-instance default/tunnel IPs, the computed peering address, the
+        default ASN and weight. What is left is what the client chose."""
+        bgp = props.get("bgpSettings")
+        if not isinstance(bgp, dict):
+            return
+        slot = self._gateway_slots.get(gateway_id.lower())
+        if slot is None:
+            slot = self._gateway_slots[gateway_id.lower()] = len(self._gateway_slots)
+        ours = [str(BGP_BASE + 32 * slot + 4 + i) for i in range(2)]
+        if bgp.get("bgpPeeringAddress") in (ours[0], ",".join(ours)):
+            bgp.pop("bgpPeeringAddress")
+        if bgp.get("asn") == self.settings.azure_asn:
+            bgp.pop("asn")
+        if bgp.get("peerWeight") == 0:
+            bgp.pop("peerWeight")
+        entries = bgp.pop("bgpPeeringAddresses", None)
+        kept = [
+            {k: v for k, v in e.items() if k in ("ipconfigurationId", "customBgpIpAddresses")}
+            for e in (entries if isinstance(entries, list) else [])
+            if isinstance(e, dict) and e.get("customBgpIpAddresses")
+        ]
+        if kept:
+            bgp["bgpPeeringAddresses"] = kept
+        if not {k: v for k, v in bgp.items() if v is not None}:
+            props.pop("bgpSettings")
 
     # ------------------------------------------------------------------ preconditions
     def _preconditions(
@@ -311,7 +594,28 @@ class World:
         result: Callable[[], tuple[int, Any]] | None = None,
     ) -> Operation | None:
         """Start an LRO for ``res``; without a request (seeding) it completes at once."""
+        return self._start_operation(
+            subscription=res.subscription,
+            location=res.location,
+            resource_id=res.id,
+            request=request,
+            on_success=on_success,
+            on_failure=on_failure,
+            result=result,
+        )
 
+    def _start_operation(
+        self,
+        *,
+        subscription: str,
+        location: str,
+        resource_id: str,
+        request: RequestSig | None,
+        on_success: Callable[[], None],
+        on_failure: Callable[[], None] | None = None,
+        result: Callable[[], tuple[int, Any]] | None = None,
+        arm_scope: bool = False,
+    ) -> Operation | None:
         def done(callback: Callable[[], None] | None) -> Callable[[], None]:
             def run() -> None:
                 if callback:
@@ -331,9 +635,9 @@ class World:
             failure.code = rule.code or failure.code
             failure.message = rule.message or failure.message
         return self.ops.start(
-            subscription=res.subscription,
-            location=res.location,
-            resource_id=res.id,
+            subscription=subscription,
+            location=location,
+            resource_id=resource_id,
             required_polls=self.settings.lro_polls + extra,
             settle_seconds=math.inf if extra else self.settings.lro_settle_seconds,
             on_success=done(on_success),
@@ -341,6 +645,7 @@ class World:
             result=result,
             failure=failure,
             lost=bool(rule and rule.kind is FaultKind.LOST_OPERATION),
+            arm_scope=arm_scope,
         )
 
     def tick(self) -> None:
@@ -362,6 +667,8 @@ class World:
     ) -> tuple[Resource, bool, Operation | None]:
         """Create or replace a resource (ARM PUT); returns (resource, created, op)."""
         self._scope(sub, rg)
+        validate_name(name)
+        self._settle_traffic()
         rid = make_id(sub, rg, kind, name)
         existing = self.resources.get(rid.lower())
         self._preconditions(existing, if_match, if_none_match)
@@ -399,8 +706,9 @@ class World:
             validate_lng(props)
         elif kind is Kind.VNG:
             validate_vng(canonical, props)
+            self._strip_computed_bgp(canonical, props)
         else:
-            shared_key = validate_connection(canonical, props, self.resources)
+            shared_key = validate_connection(canonical, props, self.resources, loc)
 
         if (
             existing is not None
@@ -570,17 +878,37 @@ class World:
         )
 
     def reset_gateway(
-        self, sub: str, rg: str, name: str, *, request: RequestSig | None = None
+        self,
+        sub: str,
+        rg: str,
+        name: str,
+        *,
+        gateway_vip: str | None = None,
+        request: RequestSig | None = None,
     ) -> tuple[Resource, Operation | None]:
+        """Reboot one gateway instance: ``gateway_vip``'s, else the primary (instance 0).
+
+        Its tunnels restart (and the drops that ``reset_gateway`` clears are cleared for them);
+        whole-connection drops cleared by ``reset_gateway`` are cleared whichever instance
+        reboots.
+        """
         gw = self.get(Kind.VNG, sub, rg, name)
+        vips = self.gateway_vips(gw)
+        if gateway_vip is not None and gateway_vip not in vips:
+            raise bad_request(
+                f"gatewayVip '{gateway_vip}' is not a public IP address of virtual network "
+                f"gateway {gw.id} (its instances have {', '.join(vips)}).",
+                "InvalidGatewayVip",
+            )
+        instance = [vips.index(gateway_vip) if gateway_vip is not None else 0]
         self._guard_pending(gw)
         self._begin_update(gw)
-        conns = self._connections_using(gw.key)
+        conns = [c for c in self._connections_using(gw.key) if gw.key in self._gateways_of(c)]
         for conn in conns:
-            self._clear_drop(conn.key, "reset_gateway")
+            self._clear_drop(conn.key, "reset_gateway", legs=instance)
         self.reevaluate()
         for conn in conns:
-            self._restart(conn.key)
+            self._restart(conn.key, legs=instance)
         op = self._start_op(
             gw,
             request,
@@ -588,6 +916,25 @@ class World:
             result=lambda: (200, self.render(gw)),
         )
         return gw, op
+
+    def get_bgp_peer_status(
+        self,
+        sub: str,
+        rg: str,
+        name: str,
+        *,
+        peer: str | None = None,
+        request: RequestSig | None = None,
+    ) -> tuple[Resource, Operation | None]:
+        """``POST .../getBgpPeerStatus[?peer=]``: an LRO whose result is a
+        BgpPeerStatusListResult computed when the result is read."""
+        gw = self.get(Kind.VNG, sub, rg, name)
+        return gw, self._start_op(
+            gw,
+            request,
+            on_success=lambda: None,
+            result=lambda: (200, self.bgp_peer_status(gw, peer)),
+        )
 
     def _begin_update(self, res: Resource) -> None:
         res.provisioning_state = "Updating"
@@ -608,6 +955,10 @@ class World:
             if r.kind is Kind.CONNECTION and any(r.ref(p) == gateway_key for p in props)
         ]
 
+    def _gateways_of(self, conn: Resource) -> set[str]:
+        refs = (conn.ref("virtualNetworkGateway1"), conn.ref("virtualNetworkGateway2"))
+        return {r for r in refs if r}
+
     def lng_endpoint(self, lng: Resource) -> str | None:
         """The address Azure dials: ``fqdn`` resolved via ``dns`` if it resolves, else the IP."""
         fqdn = lng.properties.get("fqdn")
@@ -625,11 +976,40 @@ class World:
         )
         return hits[0] if len(hits) == 1 else None
 
+    def _devices_by_lng(self) -> dict[str, list[Device]]:
+        """Devices grouped by the key of the LNG they sit behind (one pass over resources)."""
+        by_name: dict[str, list[str]] = {}
+        for res in self.resources.values():
+            if res.kind is Kind.LNG:
+                by_name.setdefault(res.name.lower(), []).append(res.key)
+        out: dict[str, list[Device]] = {}
+        for dev in self.devices.values():
+            if dev.lng.startswith("/"):
+                key: str | None = dev.lng.lower().rstrip("/")
+            else:
+                hits = by_name.get(dev.lng.lower(), [])
+                key = hits[0] if len(hits) == 1 else None
+            if key is not None:
+                out.setdefault(key, []).append(dev)
+        return out
+
     def _healthy(self, key: str | None) -> Resource | None:
         res = self.resources.get(key or "")
         return res if res is not None and res.provisioning_state not in DOWN_STATES else None
 
-    def _agrees(self, conn: Resource) -> bool:
+    def _has_peer(self, conn: Resource, devices: dict[str, list[Device]] | None = None) -> bool:
+        """Whether anything answers at the far end: a device behind the LNG (IPsec) or the
+        other Azure gateway (Vnet2Vnet). Without one the status is ``Unknown``."""
+        ctype = conn.properties.get("connectionType")
+        if ctype == "Vnet2Vnet":
+            return True
+        lng_key = conn.ref("localNetworkGateway2")
+        if ctype != "IPsec" or lng_key is None:
+            return False
+        by_lng = devices if devices is not None else self._devices_by_lng()
+        return bool(by_lng.get(lng_key))
+
+    def _agrees(self, conn: Resource, devices: dict[str, list[Device]] | None = None) -> bool:
         if conn.provisioning_state in DOWN_STATES or not self._healthy(
             conn.ref("virtualNetworkGateway1")
         ):
@@ -641,56 +1021,120 @@ class World:
         if ctype != "IPsec" or lng is None:
             return False
         endpoint = self.lng_endpoint(lng)
+        by_lng = devices if devices is not None else self._devices_by_lng()
         return any(
-            self._device_lng_key(dev) == lng.key
-            and dev.public_ip == endpoint
-            and dev.shared_key == conn.shared_key
-            for dev in self.devices.values()
+            dev.public_ip == endpoint and dev.shared_key == conn.shared_key
+            for dev in by_lng.get(lng.key, [])
         )
+
+    def _leg_count(self, conn: Resource) -> int:
+        return self._instances(self.resources.get(conn.ref("virtualNetworkGateway1") or ""))
+
+    @staticmethod
+    def _leg_state(tunnel: Tunnel, leg: TunnelLeg, now: float) -> str:
+        if not tunnel.agreed or leg.up_at is None or leg.dropped_until is not None:
+            return "NotConnected"
+        return "Connecting" if now < leg.up_at else "Connected"
+
+    def _new_tunnel(self, key: str) -> Tunnel:
+        tunnel = self.tunnels.get(key)
+        if tunnel is None:
+            tunnel = self.tunnels[key] = Tunnel(legs=_legs(self.clock()))
+        return tunnel
+
+    def _settle_traffic(self, only: str | None = None) -> None:
+        """Bring every tunnel's byte counters (and establishment times) up to now.
+
+        Called before anything that changes whether a tunnel passes traffic, so each
+        interval is accounted with the state that held during it. Tunnels are independent,
+        so a reader may settle just the one it shows (``only``: a connection key).
+        """
+        now = self.clock()
+        rates = (self.settings.ingress_bytes_per_second, self.settings.egress_bytes_per_second)
+        chosen = self.tunnels.items() if only is None else [(only, self.tunnels.get(only))]
+        for key, tunnel in chosen:
+            if tunnel is None:
+                continue
+            conn = self.resources.get(key)
+            active = self._leg_count(conn) if conn is not None else 0
+            for index, leg in enumerate(tunnel.legs):
+                start, leg.accrued_at = leg.accrued_at, now
+                if index >= active or self._leg_state(tunnel, leg, now) != "Connected":
+                    continue
+                assert leg.up_at is not None
+                if leg.established_for != leg.up_at:
+                    leg.established_for = leg.up_at
+                    leg.last_established = datetime.now(UTC) - timedelta(seconds=now - leg.up_at)
+                if leg.idle or start is None:
+                    continue
+                seconds = now - max(start, leg.up_at)
+                if seconds > 0:
+                    leg.ingress += rates[0] * seconds
+                    leg.egress += rates[1] * seconds
 
     def reevaluate(self) -> None:
         """Recompute which tunnels can be up; call after every state change."""
+        self._settle_traffic()
         now = self.clock()
         conns = {k: r for k, r in self.resources.items() if r.kind is Kind.CONNECTION}
         for key in list(self.tunnels):
             if key not in conns:
                 del self.tunnels[key]
+        devices = self._devices_by_lng()
         for key, conn in conns.items():
-            tunnel = self.tunnels.setdefault(key, Tunnel())
-            ok = tunnel.dropped_until is None and self._agrees(conn)
-            if ok and not tunnel.agreed:
-                tunnel.up_at = now + self.settings.tunnel_delay
-            elif not ok:
-                tunnel.up_at = None
-                tunnel.established = None
+            tunnel = self._new_tunnel(key)
+            ok = tunnel.dropped_until is None and self._agrees(conn, devices)
+            active = self._leg_count(conn)
+            for index, leg in enumerate(tunnel.legs):
+                if not ok or index >= active:
+                    leg.up_at = None
+                elif leg.up_at is None:  # newly agreed (or newly active instance): dial
+                    leg.up_at = now + self.settings.tunnel_delay
             tunnel.agreed = ok
 
-    def _restart(self, conn_key: str) -> None:
+    def _restart(self, conn_key: str, legs: Iterable[int] | None = None) -> None:
         tunnel = self.tunnels.get(conn_key)
-        if tunnel is not None and tunnel.agreed:
-            tunnel.up_at = self.clock() + self.settings.tunnel_delay
-            tunnel.established = None
+        if tunnel is None or not tunnel.agreed:
+            return
+        self._settle_traffic()
+        chosen = set(range(len(tunnel.legs)) if legs is None else legs)
+        for index, leg in enumerate(tunnel.legs):
+            if index in chosen and leg.up_at is not None:
+                leg.up_at = self.clock() + self.settings.tunnel_delay
 
-    def _clear_drop(self, conn_key: str, action: str) -> None:
+    def _clear_drop(self, conn_key: str, action: str, legs: Iterable[int] | None = None) -> None:
+        """Lift drops ``action`` clears: the whole-connection drop, and those of ``legs``."""
         tunnel = self.tunnels.get(conn_key)
-        if (
-            tunnel is not None
-            and tunnel.dropped_until is not None
-            and action in tunnel.dropped_until
-        ):
+        if tunnel is None:
+            return
+        self._settle_traffic()
+        if tunnel.dropped_until is not None and action in tunnel.dropped_until:
             tunnel.dropped_until = None
+        chosen = set(range(len(tunnel.legs)) if legs is None else legs)
+        for index, leg in enumerate(tunnel.legs):
+            if index in chosen and leg.dropped_until is not None and action in leg.dropped_until:
+                leg.dropped_until = None
+                if leg.up_at is not None:  # the instance dials again
+                    leg.up_at = self.clock() + self.settings.tunnel_delay
 
     def connection_status(self, conn: Resource | str) -> str:
-        """``Connected`` / ``Connecting`` / ``NotConnected`` for a connection, id or name."""
+        """``Connected`` / ``Connecting`` / ``NotConnected`` / ``Unknown`` for a connection.
+
+        ``Unknown`` when nothing is at the far end (no device behind the LNG); otherwise the
+        best of its tunnels (Connected while at least one tunnel of an active-active pair is).
+        """
         res = conn if isinstance(conn, Resource) else self.find(conn)
+        if not self._has_peer(res):
+            return "Unknown"
         tunnel = self.tunnels.get(res.key)
-        if tunnel is None or not tunnel.agreed or tunnel.up_at is None:
+        if tunnel is None or not tunnel.agreed:
             return "NotConnected"
-        if self.clock() < tunnel.up_at:
-            return "Connecting"
-        if tunnel.established is None:
-            tunnel.established = datetime.now(UTC) - timedelta(seconds=self.clock() - tunnel.up_at)
-        return "Connected"
+        now = self.clock()
+        states = {self._leg_state(tunnel, leg, now) for leg in tunnel.legs[: self._leg_count(res)]}
+        for state in ("Connected", "Connecting"):
+            if state in states:
+                return state
+        return "NotConnected"
 
     def _ike_sas(self, conn: Resource) -> str:
         lng = self.resources.get(conn.ref("localNetworkGateway2") or "")
@@ -706,6 +1150,63 @@ class World:
                 }
             )
         return json.dumps(sas)
+
+    def bgp_peer_status(self, gateway: Resource | str, peer: str | None = None) -> dict[str, Any]:
+        """A BgpPeerStatusListResult for a gateway: one peer per tunnel of each IPsec
+        connection with ``enableBgp`` whose LNG has ``bgpSettings.bgpPeeringAddress``.
+
+        ``state`` follows the tunnel (Connected / Connecting, else Idle); ``connectedDuration``
+        is a .NET TimeSpan string; ``routesReceived`` is the LNG's prefix count while up;
+        messages count one keepalive a minute plus OPEN/UPDATE.
+        """
+        gw = gateway if isinstance(gateway, Resource) else self.find(gateway, Kind.VNG)
+        self._settle_traffic()
+        now = self.clock()
+        local = str(
+            self._render_gateway(gw)["properties"]
+            .get("bgpSettings", {})
+            .get("bgpPeeringAddress", "")
+        ).split(",")
+        peers: list[dict[str, Any]] = []
+        for conn in sorted(self._connections_using(gw.key), key=lambda r: r.key):
+            if (
+                conn.ref("virtualNetworkGateway1") != gw.key
+                or conn.properties.get("connectionType") != "IPsec"
+                or conn.properties.get("enableBgp") is not True
+            ):
+                continue
+            lng = self.resources.get(conn.ref("localNetworkGateway2") or "")
+            bgp = lng.properties.get("bgpSettings") if lng is not None else None
+            if not isinstance(bgp, dict) or not bgp.get("bgpPeeringAddress"):
+                continue
+            neighbor = str(bgp["bgpPeeringAddress"])
+            if peer is not None and peer != neighbor:
+                continue
+            space = lng.properties.get("localNetworkAddressSpace") if lng else None
+            prefixes = space.get("addressPrefixes") if isinstance(space, dict) else None
+            routes = len(prefixes) if isinstance(prefixes, list) else 0
+            unknown = self.connection_status(conn) == "Unknown"
+            tunnel = self.tunnels.get(conn.key)
+            for index in range(self._leg_count(conn)):
+                leg = tunnel.legs[index] if tunnel is not None else None
+                state = "Idle"
+                if tunnel is not None and leg is not None and not unknown:
+                    state = BGP_STATES.get(self._leg_state(tunnel, leg, now), "Idle")
+                up = now - leg.up_at if state == "Connected" and leg and leg.up_at else 0.0
+                messages = int(up // BGP_KEEPALIVE_SECONDS) + 2 if state == "Connected" else 0
+                peers.append(
+                    {
+                        "localAddress": local[min(index, len(local) - 1)],
+                        "neighbor": neighbor,
+                        "asn": bgp.get("asn"),
+                        "state": state,
+                        "connectedDuration": _timespan(up),
+                        "routesReceived": routes if state == "Connected" else 0,
+                        "messagesSent": messages,
+                        "messagesReceived": messages,
+                    }
+                )
+        return {"value": peers}
 
     # ------------------------------------------------------------------ control API (Python)
     def set_device(
@@ -755,21 +1256,108 @@ class World:
             self.dns[key] = ipv4(ip, "ip")
         self.reevaluate()
 
-    def drop_tunnel(self, connection: str, cleared_by: Iterable[str] | None = None) -> None:
-        """Force a connection down until one of ``cleared_by`` actions happens."""
+    def drop_tunnel(
+        self,
+        connection: str,
+        cleared_by: Iterable[str] | None = None,
+        *,
+        instance: int | str | None = None,
+    ) -> None:
+        """Force a connection down until one of ``cleared_by`` actions happens.
+
+        With ``instance`` only that tunnel goes down: its index (0 = primary gateway
+        instance, 1 = the second one of an active-active gateway), its tunnel name
+        (``{connection}_{vip}``) or its gateway instance's public IP. The connection stays
+        Connected on the other tunnel.
+        """
         conn = self.find(connection)
         actions = frozenset(cleared_by) if cleared_by is not None else TUNNEL_ACTIONS
         unknown = actions - TUNNEL_ACTIONS
         if unknown or not actions:
             raise ValueError(f"cleared_by must be a non-empty subset of {sorted(TUNNEL_ACTIONS)}")
-        self.tunnels.setdefault(conn.key, Tunnel()).dropped_until = actions
+        legs = self._resolve_instances(conn, instance)
+        self._settle_traffic()
+        tunnel = self._new_tunnel(conn.key)
+        if legs is None:
+            tunnel.dropped_until = actions
+        else:
+            for index in legs:
+                tunnel.legs[index].dropped_until = actions
         self.reevaluate()
+
+    def set_idle(
+        self, connection: str, idle: bool = True, *, instance: int | str | None = None
+    ) -> None:
+        """Mark a connection's tunnels (or one, see :meth:`drop_tunnel`) idle: they stay
+        Connected but their byte counters stop growing. ``idle=False`` resumes traffic."""
+        conn = self.find(connection)
+        legs = self._resolve_instances(conn, instance)
+        self._settle_traffic()
+        tunnel = self._new_tunnel(conn.key)
+        for index in range(len(tunnel.legs)) if legs is None else legs:
+            tunnel.legs[index].idle = idle
+
+    def _resolve_instances(self, conn: Resource, instance: int | str | None) -> list[int] | None:
+        if instance is None:
+            return None
+        vips = self._connection_vips(conn)
+        if isinstance(instance, bool):
+            raise ValueError("instance must be an index, a tunnel name or a gateway VIP")
+        if isinstance(instance, int):
+            index = instance
+        elif instance.isdigit():
+            index = int(instance)
+        elif instance in vips:
+            index = vips.index(instance)
+        elif instance in [f"{conn.name}_{vip}" for vip in vips]:
+            index = [f"{conn.name}_{vip}" for vip in vips].index(instance)
+        else:
+            raise ValueError(f"{instance!r} is none of {conn.name}'s tunnels or VIPs {vips}")
+        if not 0 <= index < len(vips):
+            raise ValueError(
+                f"{conn.name} has {len(vips)} tunnel(s) (its gateway is "
+                f"{'active-active' if len(vips) == 2 else 'active-standby'}); no instance {index}"
+            )
+        return [index]
+
+    def tunnel_info(self, connection: Resource | str) -> dict[str, Any]:
+        """What the world knows of a connection's tunnels (for tests and ``/_sim/tunnels``)."""
+        conn = connection if isinstance(connection, Resource) else self.find(connection)
+        self._settle_traffic(conn.key)
+        status = self.connection_status(conn)
+        tunnel = self.tunnels.get(conn.key)
+        now = self.clock()
+        legs: list[dict[str, Any]] = []
+        for index, vip in enumerate(self._connection_vips(conn)):
+            leg = tunnel.legs[index] if tunnel is not None else TunnelLeg()
+            legs.append(
+                {
+                    "instance": index,
+                    "tunnel": f"{conn.name}_{vip}",
+                    "vip": vip,
+                    "connectionStatus": "Unknown"
+                    if status == "Unknown" or tunnel is None
+                    else self._leg_state(tunnel, leg, now),
+                    "idle": leg.idle,
+                    "dropped": sorted(leg.dropped_until) if leg.dropped_until else None,
+                    "ingressBytesTransferred": int(leg.ingress),
+                    "egressBytesTransferred": int(leg.egress),
+                }
+            )
+        dropped = tunnel.dropped_until if tunnel is not None else None
+        return {
+            "id": conn.id,
+            "connectionStatus": status,
+            "dropped": sorted(dropped) if dropped else None,
+            "tunnels": legs,
+        }
 
     def add_fault(self, spec: FaultSpec | None = None, **fields: Any) -> FaultRule:
         """Arm a fault rule (see :mod:`bot.sim.faults`)."""
         return self.faults.add(spec or FaultSpec(**fields))
 
     def configure(self, **changes: Any) -> SimSettings:
+        self._settle_traffic()  # traffic so far at the old rates
         for key, value in changes.items():
             setattr(self.settings, key, value)
         return self.settings

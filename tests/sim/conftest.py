@@ -119,34 +119,31 @@ async def build_site(
     lng_props: dict[str, Any] | None = None,
 ) -> Site:
     """VPN gateway + LNG + IPsec connection via the SDK, and the device behind the LNG."""
+    gw_body: Any = {"location": LOCATION, "properties": {"gatewayType": "Vpn"}}
     gw = await (
-        await client.virtual_network_gateways.begin_create_or_update(
-            RG, "vpngw", {"location": LOCATION, "properties": {"gatewayType": "Vpn"}}
-        )
+        await client.virtual_network_gateways.begin_create_or_update(RG, "vpngw", gw_body)
     ).result()
     props = lng_props or {
         "gatewayIpAddress": lng_ip,
         "localNetworkAddressSpace": {"addressPrefixes": ["192.168.178.0/24"]},
     }
+    lng_body: Any = {"location": LOCATION, "properties": props}
     lng = await (
-        await client.local_network_gateways.begin_create_or_update(
-            RG, "lng-home", {"location": LOCATION, "properties": props}
-        )
+        await client.local_network_gateways.begin_create_or_update(RG, "lng-home", lng_body)
     ).result()
     world.set_device("fritzbox", public_ip=device_ip, shared_key=device_key, lng="lng-home")
+    conn_body: Any = {
+        "location": LOCATION,
+        "properties": {
+            "connectionType": "IPsec",
+            "virtualNetworkGateway1": {"id": gw.id},
+            "localNetworkGateway2": {"id": lng.id},
+            "sharedKey": conn_key,
+        },
+    }
     conn = await (
         await client.virtual_network_gateway_connections.begin_create_or_update(
-            RG,
-            "conn-home",
-            {
-                "location": LOCATION,
-                "properties": {
-                    "connectionType": "IPsec",
-                    "virtualNetworkGateway1": {"id": gw.id},
-                    "localNetworkGateway2": {"id": lng.id},
-                    "sharedKey": conn_key,
-                },
-            },
+            RG, "conn-home", conn_body
         )
     ).result()
     assert gw.id and lng.id and conn.id

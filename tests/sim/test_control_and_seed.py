@@ -75,10 +75,14 @@ SEED_SUB = "22222222-0000-0000-0000-000000000000"
 
 
 async def statuses(client: NetworkManagementClient) -> dict[str, str]:
-    return {
-        c.name or "": str(getattr(c.connection_status, "value", c.connection_status))
-        async for c in client.virtual_network_gateway_connections.list("rg-vpn")
-    }
+    """Status of every connection: a LIST has none (as in ARM), so GET each by name."""
+    ops = client.virtual_network_gateway_connections
+    names = [c.name or "" async for c in ops.list("rg-vpn")]
+    out: dict[str, str] = {}
+    for name in names:
+        conn = await ops.get("rg-vpn", name)
+        out[name] = str(getattr(conn.connection_status, "value", conn.connection_status))
+    return out
 
 
 async def test_toml_seed_world(tmp_path: Path, start_sim: StartSim) -> None:

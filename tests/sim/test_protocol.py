@@ -105,11 +105,11 @@ async def test_api_version_is_checked(
     async with http.get(sim.url(LNG_PATH), params={"api-version": "banana"}, headers=AUTH) as resp:
         assert (await resp.json())["error"]["code"] == "InvalidApiVersionParameter"
     with pytest.raises(HttpResponseError) as err:
-        await client.local_network_gateways.get(RG, "lng1", api_version="2019-02-01")
+        await client.local_network_gateways.get(RG, "lng1", api_version="2019-02-02")
     assert err.value.status_code == 400
     assert err.value.error is not None and err.value.error.code == "NoRegisteredProviderFound"
     # an older spec version that is supported reaches the resource (404, not 400)
-    async with http.get(sim.url(LNG_PATH), params={"api-version": "2023-02-01"}, headers=AUTH) as r:
+    async with http.get(sim.url(LNG_PATH), params={"api-version": "2019-02-01"}, headers=AUTH) as r:
         assert r.status == 404
         assert (await r.json())["error"]["code"] == "ResourceNotFound"
 
