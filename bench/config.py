@@ -26,6 +26,7 @@ def write_config(
     prefix: str,
     http_port: int,
     sim_port: int,
+    admin_port: int = 0,
     sites: int = SITES,
     log_level: str = "INFO",
 ) -> Path:
@@ -49,6 +50,10 @@ def write_config(
         "[http]",
         'host = "127.0.0.1"',
         f"port = {http_port}",
+        "",
+        "[admin]",
+        'host = "127.0.0.1"',
+        f"port = {admin_port}",
         "",
         "[log]",
         f'level = "{log_level}"',

@@ -75,10 +75,15 @@ class Bot:
     """``tunnelwarden run --config`` (50 sites) on the bench Redis."""
 
     def __init__(self, server: PrivateRedis, directory: Path) -> None:
-        self.port = free_port()
+        self.port = free_port()  # the admin listener, where /readyz is
+        self.public_port = free_port()  # the public one: router push
         # The ARM endpoint is never called by test.noop runs; nothing listens there.
         config = write_config(
-            directory / "bench.toml", prefix=PREFIX, http_port=self.port, sim_port=free_port()
+            directory / "bench.toml",
+            prefix=PREFIX,
+            http_port=self.public_port,
+            sim_port=free_port(),
+            admin_port=self.port,
         )
         self.log = (directory / "run.log").open("ab")
         env = clean_env(TUNNELWARDEN_REDIS_URL=server.url, **{PASSWORD_ENV: PASSWORD})

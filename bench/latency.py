@@ -203,9 +203,15 @@ async def _run(redis_url: str, changes: int, storm_rounds: int) -> dict[str, Any
     await sim_runner.setup()
     await web.TCPSite(sim_runner, "127.0.0.1", 0).start()
     sim_port = int(sim_runner.addresses[0][1])
-    http_port = free_port()
+    http_port, admin_port = free_port(), free_port()
     tmp = Path(tempfile.mkdtemp(prefix="twbench-lat-"))
-    config = write_config(tmp / "bench.toml", prefix=PREFIX, http_port=http_port, sim_port=sim_port)
+    config = write_config(
+        tmp / "bench.toml",
+        prefix=PREFIX,
+        http_port=http_port,
+        sim_port=sim_port,
+        admin_port=admin_port,
+    )
     log = (tmp / "bot.log").open("wb")
     env = clean_env(TUNNELWARDEN_REDIS_URL=redis_url, **{PASSWORD_ENV: PASSWORD})
     proc = await asyncio.create_subprocess_exec(
@@ -225,7 +231,7 @@ async def _run(redis_url: str, changes: int, storm_rounds: int) -> dict[str, Any
     ips = itertools.cycle(CHANGE_IPS)  # 715 addresses; a site's next one always differs
     bench = Bench(world, observer, router, StateStore(client, Keys(PREFIX)), ips)
     try:
-        await _ready(router, proc)
+        await _ready(router, proc, f"http://127.0.0.1:{admin_port}")
         cold = await _one(bench, bench.change(0))
         seq = [await _one(bench, bench.change(i % SITES)) for i in range(changes)]
         storm: list[Change] = []
@@ -261,13 +267,13 @@ async def _run(redis_url: str, changes: int, storm_rounds: int) -> dict[str, Any
     return out
 
 
-async def _ready(router: Router, proc: asyncio.subprocess.Process) -> None:
+async def _ready(router: Router, proc: asyncio.subprocess.Process, admin: str) -> None:
     deadline = time.perf_counter() + 60
     while time.perf_counter() < deadline:
         if proc.returncode is not None:
             raise BenchError(f"tunnelwarden run exited with {proc.returncode} before it was ready")
         with contextlib.suppress(aiohttp.ClientError):
-            async with router.http.get(f"{router.base}/readyz") as resp:
+            async with router.http.get(f"{admin}/readyz") as resp:
                 if resp.status == 200:
                     return
         await asyncio.sleep(0.02)
@@ -284,7 +290,7 @@ async def _one(bench: Bench, change: Change, poll: float = 0.01) -> Change:
     deadline = time.perf_counter() + 60
     while True:
         records = await bench.state.history(name, 1)
-        if records and records[0].reason.endswith(f"-> {change.ip}"):
+        if records and f"-> {change.ip} (observation" in records[0].reason:
             record = records[0]
             break
         if await bench.state.redis.hlen(Keys(PREFIX).errors):

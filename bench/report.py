@@ -96,7 +96,35 @@ def table(results: dict[str, Any]) -> str:
             f"  tunnelwarden --help: {_f(fp['help_s'], 3)} s; start -> /readyz 200: "
             f"{_f(fp['ready_s'], 3)} s"
         )
+    lines += _hostile_lines(results)
     return "\n".join(lines)
+
+
+def _hostile_lines(results: dict[str, Any]) -> list[str]:
+    """The flood and redaction figures (plain text, shared by the table and the markdown)."""
+    out: list[str] = []
+    h = results.get("hostile")
+    if h:
+        out += [
+            "",
+            f"malformed-request flood: {h['connections']} connections, "
+            f"{h['attack_requests']:,} requests in {h['seconds']:g} s",
+            f"  /healthz p50/p99/max, idle (peer): {h['idle']['p50_ms']} / "
+            f"{h['idle']['p99_ms']} / {h['idle']['max_ms']} ms",
+            f"  /healthz p50/p99/max, under flood: {h['flood']['p50_ms']} / "
+            f"{h['flood']['p99_ms']} / {h['flood']['max_ms']} ms "
+            f"(p99 x{h['p99_ratio']} of idle)",
+        ]
+    r = results.get("redaction")
+    if r:
+        ratio = _ratio(r["new_attack_s"], r["old_regex_attack_s"])
+        out += [
+            "",
+            f"redaction: 1 MiB with {r['secrets']} secret forms: {r['redact_1mb_s']} s",
+            f"  {r['attack_bytes']:,} letters (the attack's shape): {r['new_attack_s']} s "
+            f"vs the old pattern (peer) {r['old_regex_attack_s']} s ({ratio})",
+        ]
+    return out
 
 
 def _goal(label: str, goal: str, measured: str, met: bool | None) -> str:
@@ -409,6 +437,25 @@ def markdown(results: dict[str, Any]) -> str:
     w("")
     w("RSS is psutil's resident set size of the process tree (the bench Redis not counted).")
     w("")
+    hostile_lines = _hostile_lines(results)
+    if hostile_lines:
+        w("## Hostile traffic and redaction")
+        w("")
+        w(
+            "The public listener faces the internet. Ten connections keep sending the request "
+            "line that used to freeze the event loop (`GET /nic/update?q=` + 8,100 letters + a "
+            "control character); the admin listener's `/healthz` is timed every 20 ms, and "
+            "the same bot without the attack (idle) is the peer. Redaction is the process's one "
+            "redactor on 1 MiB of log-like text, and on one run of letters (the attack's "
+            "shape) beside the pattern it replaced."
+        )
+        w("")
+        w("```")
+        for line in hostile_lines:
+            if line:
+                w(line)
+        w("```")
+        w("")
     w("## Notes and caveats")
     w("")
     for note in NOTES:

@@ -31,7 +31,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import footprint, latency, peers, report, throughput
+from bench import footprint, hostile, latency, peers, redaction, report, throughput
 from bench.common import ROOT, PrivateRedis, machine, median, private_redis, versions
 
 
@@ -149,6 +149,8 @@ def build(plan: Plan, quick: bool) -> tuple[dict[str, Any], list[str]]:
                 server, plan.footprint_events, plan.ready_runs, plan.help_runs
             ),
         )
+        step("hostile", lambda: hostile.measure(server, 2.0 if quick else 10.0))
+    step("redaction", lambda: redaction.run(quick))
     return results, errors
 
 
@@ -157,6 +159,8 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
     ceiling = results.get("throughput", {}).get("ceiling", {})
     seq = results.get("latency", {}).get("sequential", {}).get("overhead", {})
     fp = results.get("footprint", {})
+    hostile_r = results.get("hostile", {})
+    red = results.get("redaction", {})
 
     def rate(name: str) -> float | None:
         row = rows.get(name)
@@ -178,6 +182,18 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
             "rss_10k_mb": num(fp.get("rss_10k_mb"), 1),
             "help_s": num(fp.get("help_s")),
             "ready_s": num(fp.get("ready_s")),
+        },
+        "flood": {
+            "healthz_idle_p99_ms": num(hostile_r.get("idle", {}).get("p99_ms"), 2),
+            "healthz_flood_p99_ms": num(hostile_r.get("flood", {}).get("p99_ms"), 2),
+            "healthz_flood_max_ms": num(hostile_r.get("flood", {}).get("max_ms"), 2),
+            "attack_requests": hostile_r.get("attack_requests"),
+        },
+        "redaction": {
+            "redact_1mb_s": num(red.get("redact_1mb_s"), 4),
+            "attack_bytes": red.get("attack_bytes"),
+            "old_regex_attack_s": num(red.get("old_regex_attack_s")),
+            "new_attack_s": num(red.get("new_attack_s"), 5),
         },
     }
 

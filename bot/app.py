@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from bot.config import Settings
+from bot.redact import Redactor
 from bot.redisconn import open_redis, redact_url
 from bot.runner import Runner
 from bot.services import Services
@@ -20,10 +21,10 @@ log = logging.getLogger("tunnelwarden")
 
 @asynccontextmanager
 async def open_services(
-    settings: Settings, redis_url: str | None = None
+    settings: Settings, redis_url: str | None = None, redact: Redactor | None = None
 ) -> AsyncIterator[Services]:
     async with open_redis(settings.redis, redis_url) as redis:
-        services = Services.build(settings, redis)
+        services = Services.build(settings, redis, redact=redact)
         try:
             yield services
         finally:
@@ -74,28 +75,48 @@ async def run_process(
     sources: bool = False,
     stop: asyncio.Event | None = None,
     handle_signals: bool = True,
+    redact: Redactor | None = None,
 ) -> int:
-    """Run until SIGTERM/SIGINT; exit 0 after a clean shutdown within the grace period."""
-    from bot.http import create_app, start_http
+    """Run until SIGTERM/SIGINT; exit 0 after a clean shutdown within the grace period.
+
+    Every process serves the admin listener (probes, metrics); ``http`` adds the public one
+    (router push). Redis going away is weather: the loops retry with backoff and ``/readyz``
+    says not ready meanwhile; the process stays up.
+    """
+    from bot.http import Health, create_admin_app, create_public_app, start_http
+    from bot.sources.httplog import quiet_bad_requests
 
     stop = stop or asyncio.Event()
     if handle_signals:
         stop_on_signals(stop)
-    async with open_services(settings, redis_url) as services:
+    async with open_services(settings, redis_url, redact) as services:
         target = redis_url or settings.redis.url or "embedded"
         log.info("redis: %s", redact_url(target))
         the_worker = build_worker(services) if worker else None
+        health = Health(services, the_worker)
+        await health.check()
+        health.start()
+        runners = []
         tasks: list[asyncio.Task[None]] = []
-        if the_worker is not None:
-            tasks.append(asyncio.create_task(the_worker.run(stop), name="worker"))
-        if sources and settings.sources:
-            tasks.append(asyncio.create_task(poll_sources(services, stop), name="sources"))
-        web_runner = None
-        if http:
-            app = create_app(services, the_worker)
-            web_runner, port = await start_http(app, settings.http.host, settings.http.port)
-            log.info("http: listening on %s:%d", settings.http.host, port)
         try:
+            admin = settings.admin
+            admin_runner, admin_port = await start_http(
+                create_admin_app(services, health), admin.host, admin.port
+            )
+            runners.append(admin_runner)
+            log.info("admin: listening on %s:%d", admin.host, admin_port)
+            if http:
+                public = create_public_app(services)
+                quiet_bad_requests(public)  # the internet's garbage: one line, no traceback
+                public_runner, port = await start_http(
+                    public, settings.http.host, settings.http.port
+                )
+                runners.append(public_runner)
+                log.info("http: listening on %s:%d", settings.http.host, port)
+            if the_worker is not None:
+                tasks.append(asyncio.create_task(the_worker.run(stop), name="worker"))
+            if sources and settings.sources:
+                tasks.append(asyncio.create_task(poll_sources(services, stop), name="sources"))
             waiter = asyncio.create_task(stop.wait())
             await asyncio.wait({waiter, *tasks}, return_when=asyncio.FIRST_COMPLETED)
             stop.set()
@@ -103,6 +124,7 @@ async def run_process(
             for task in tasks:
                 await task  # the worker drains within its grace period
         finally:
-            if web_runner is not None:
-                await web_runner.cleanup()
+            await health.stop()
+            for runner in runners:
+                await runner.cleanup()
     return 0

@@ -18,6 +18,7 @@ site's lock (``FencePolicy``): a worker that was paused past its lock's TTL make
 from __future__ import annotations
 
 import asyncio
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from azure.core.pipeline import PipelineRequest, PipelineResponse
@@ -52,6 +53,9 @@ class AzureClients:
     async def network(self) -> NetworkManagementClient:
         async with self._guard:
             if self._client is None:
+                # The SDK is several MB of modules: import it off the event loop, so the
+                # first ARM call does not stall /healthz and every other task for seconds.
+                await asyncio.to_thread(importlib.import_module, "azure.mgmt.network.aio")
                 self._client = self._build()
             return self._client
 

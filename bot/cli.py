@@ -23,6 +23,7 @@ from rich.table import Table
 if TYPE_CHECKING:
     from bot.config import Settings
     from bot.models import RunRecord
+    from bot.redact import Redactor
     from bot.services import Services
 
 T = TypeVar("T")
@@ -83,11 +84,14 @@ def _settings(ctx: typer.Context) -> Settings:
         raise typer.Exit(2) from None
 
 
-def _setup_logs(settings: Settings) -> None:
+def _setup_logs(settings: Settings) -> Redactor:
+    """Logging through the process's one redactor (returned: the services use it too, so a
+    secret learnt at run time, like a connection's shared key, is masked in logs as well)."""
     from bot.logs import setup_logging
-    from bot.redact import Redactor
 
-    setup_logging(settings.log.level, settings.log.format, Redactor(settings.secret_values()))
+    redact = settings.redactor()
+    setup_logging(settings.log.level, settings.log.format, redact)
+    return redact
 
 
 def _with_services(ctx: typer.Context, work: Callable[[Services], Awaitable[T]]) -> T:
@@ -128,10 +132,17 @@ def _serve(ctx: typer.Context, *, worker: bool, http: bool, sources: bool = Fals
     from bot.app import run_process
 
     settings = _settings(ctx)
-    _setup_logs(settings)
+    redact = _setup_logs(settings)
     g: Globals = ctx.obj
     code = asyncio.run(
-        run_process(settings, redis_url=g.redis_url, worker=worker, http=http, sources=sources)
+        run_process(
+            settings,
+            redis_url=g.redis_url,
+            worker=worker,
+            http=http,
+            sources=sources,
+            redact=redact,
+        )
     )
     raise typer.Exit(code)
 
@@ -144,7 +155,8 @@ def run(ctx: typer.Context) -> None:
 
 @app.command()
 def worker(ctx: typer.Context) -> None:
-    """Consume events and run playbooks (start as many as you like)."""
+    """Consume events and run playbooks (start as many as you like; each serves the admin
+    listener for probes: give each on one host its own admin.port)."""
     _serve(ctx, worker=True, http=False)
 
 
@@ -156,7 +168,7 @@ def sources(ctx: typer.Context) -> None:
 
 @app.command()
 def serve(ctx: typer.Context) -> None:
-    """Run only the HTTP server (/healthz, /readyz, /metrics)."""
+    """Run only the HTTP listeners: public (router push) and admin (/healthz, /readyz, ...)."""
     _serve(ctx, worker=False, http=True)
 
 
@@ -459,7 +471,10 @@ def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
                 }
             )
         workers = [{"name": n, "last_seen": ts} for n, ts in await state.live_workers(within=60)]
-        return {"queue": stats, "workers": workers, "sites": sites}
+        from bot.http import redis_persistence
+
+        redis = {"persistence": await redis_persistence(services)}
+        return {"queue": stats, "workers": workers, "sites": sites, "redis": redis}
 
     doc = _with_services(ctx, gather)
     if as_json:
@@ -470,12 +485,26 @@ def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         f"queue: {q['length']} entries, {q['lag']} waiting, {q['pending']} in flight, "
         f"{q['dead_letters']} dead letters; workers alive: {len(doc['workers'])}"
     )
-    table = Table("site", "configured", "paused", "active runs", "last run", "outcome")
+    persistence = doc["redis"]["persistence"]
+    if persistence == "none":
+        err.print(
+            "[yellow]warning:[/yellow] Redis keeps nothing on disk (no AOF, no RDB): a restart "
+            "loses queued events, history and site state; see docs/operations.md",
+            highlight=False,
+        )
+    else:
+        out.print(f"redis persistence: {persistence}", highlight=False)
+    table = Table("site", "configured", "reconcile", "paused", "active runs", "last run", "outcome")
     for s in doc["sites"]:
         last = s["last_run"]
+        st = s["state"]
+        reconcile = st.get("reconcile.status", "-")
+        if reconcile == "retrying":
+            reconcile += f" ({st.get('reconcile.attempt')})"
         table.add_row(
             s["name"],
             "yes" if s["configured"] else "no",
+            reconcile,
             "yes" if s["paused"] else "",
             str(len(s["active_runs"])),
             _ago(last["finished_at"]) if last else "-",

@@ -16,7 +16,7 @@ import re
 import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -31,10 +31,15 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from bot.chat.models import ChannelConfig
+
+if TYPE_CHECKING:
+    from bot.redact import Redactor
+from bot.events import SITE_PATTERN
+from bot.secrets import read_secret_refs, secret_fields
 from bot.sources.models import SourceSpec
 
 ENV_PREFIX = "TUNNELWARDEN_"
-SITE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+SITE_NAME = re.compile(SITE_PATTERN)
 
 
 def _site_name(name: str) -> str:
@@ -48,31 +53,6 @@ def _site_name(name: str) -> str:
 SiteName = Annotated[str, AfterValidator(_site_name)]
 
 
-def read_secret_refs(model: type[BaseModel], data: Any) -> Any:
-    """Fill each secret field ``x`` from ``x_file`` (a file) or ``x_env`` (a variable name).
-
-    The ``_file``/``_env`` keys are consumed here, so models need not declare them.
-    """
-    if not isinstance(data, dict):
-        return data
-    data = dict(data)
-    for name in _secret_fields(model):
-        path = data.pop(f"{name}_file", None)
-        var = data.pop(f"{name}_env", None)
-        if data.get(name) not in (None, ""):
-            continue
-        if path:
-            try:
-                data[name] = Path(str(path)).read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ValueError(f"{name}_file: cannot read {path}: {exc.strerror}") from None
-        elif var:
-            if str(var) not in os.environ:
-                raise ValueError(f"{name}_env: environment variable {var} is not set")
-            data[name] = os.environ[str(var)]
-    return data
-
-
 class Section(BaseModel):
     """Base for every config table: unknown keys are errors, so typos are caught."""
 
@@ -82,14 +62,6 @@ class Section(BaseModel):
     @classmethod
     def _read_secret_refs(cls, data: Any) -> Any:
         return read_secret_refs(cls, data)
-
-
-def _secret_fields(model: type[BaseModel]) -> list[str]:
-    return [
-        name
-        for name, field in model.model_fields.items()
-        if field.annotation is not None and "SecretStr" in str(field.annotation)
-    ]
 
 
 class RedisConfig(Section):
@@ -105,6 +77,10 @@ class RedisConfig(Section):
     dead_letter_maxlen: int = Field(10_000, ge=100)
     state_dir: Path = Path(".state")
     tls_ca_file: Path | None = None
+    max_connections: int = Field(
+        64, ge=4, description="connection pool size; a caller waits for a free connection"
+    )
+    pool_timeout: float = Field(5.0, gt=0, description="seconds to wait for a free connection")
 
     @field_validator("url")
     @classmethod
@@ -126,6 +102,12 @@ class WorkerConfig(Section):
     block_ms: int = Field(1000, ge=10)
     grace_period: float = Field(20.0, ge=0)
     idempotency_ttl: int = Field(7 * 24 * 3600, ge=60)
+    max_entry_bytes: int = Field(
+        256 * 1024, ge=1024, description="larger stream entries are dead-lettered unread"
+    )
+    max_entry_depth: int = Field(
+        32, ge=4, le=1000, description="JSON nested deeper is dead-lettered unparsed"
+    )
 
 
 class Policy(Section):
@@ -150,20 +132,6 @@ class Policy(Section):
     allow_destructive: bool = False
     tunnel_timeout: float = Field(120.0, ge=0, description="wait this long for Connected")
     tunnel_poll: float = Field(5.0, gt=0)
-
-
-class PolicyOverride(Section):
-    paused: bool | None = None
-    lock_ttl: float | None = Field(None, gt=0)
-    lock_wait: float | None = Field(None, ge=0)
-    playbook_timeout: float | None = Field(None, gt=0)
-    retry_attempts: int | None = Field(None, ge=1)
-    retry_base_delay: float | None = Field(None, gt=0)
-    retry_max_delay: float | None = Field(None, gt=0)
-    max_changes_per_hour: int | None = Field(None, ge=0)
-    allow_destructive: bool | None = None
-    tunnel_timeout: float | None = Field(None, ge=0)
-    tunnel_poll: float | None = Field(None, gt=0)
 
 
 class SchedulerConfig(Section):
@@ -203,7 +171,17 @@ class PushConfig(Section):
 class SiteConfig(Section):
     description: str = ""
     push: PushConfig | None = None
-    policy: PolicyOverride = PolicyOverride()
+    policy: dict[str, Any] = Field(
+        default_factory=dict, description="overrides of [policies] keys for this site"
+    )
+
+    @field_validator("policy")
+    @classmethod
+    def _policy_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """Validated by the one list of policy keys (``Policy``): typos and bad values fail."""
+        checked = Policy.model_validate(value)
+        return checked.model_dump(include=set(value))
+
     resource_group: str | None = None
     local_network_gateway: str | None = None
     connection: str | None = None
@@ -289,10 +267,26 @@ def journal_keys(key: SecretStr) -> list[str]:
 
 
 class HttpConfig(Section):
-    public_url: str | None = Field(None, description="base URL for run links in messages")
+    """The public listener: router push (/nic/update), later alert hooks and chat."""
+
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(64 * 1024, ge=1024)
+
+
+class AdminConfig(Section):
+    """The admin listener: /healthz, /readyz, /metrics, /runs/... (keep it off the internet)."""
+
+    public_url: str | None = Field(
+        None,
+        description="how people reach this listener (an internal name, or a proxy with auth): "
+        "the base of run links in chat messages",
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(9108, ge=0, le=65535, description="0: any free port")
+    token: SecretStr | None = Field(
+        None, description="if set, /metrics and /runs/... want 'Authorization: Bearer <token>'"
+    )
 
 
 class LogConfig(Section):
@@ -329,6 +323,7 @@ class Settings(BaseSettings):
     detect: DetectConfig = DetectConfig()
     azure: AzureConfig = AzureConfig()
     http: HttpConfig = HttpConfig()
+    admin: AdminConfig = AdminConfig()
     log: LogConfig = LogConfig()
 
     @classmethod
@@ -353,8 +348,29 @@ class Settings(BaseSettings):
         site_cfg = self.sites.get(site)
         if site_cfg is None:
             return self.policies
-        overrides = site_cfg.policy.model_dump(exclude_none=True)
-        return self.policies.model_copy(update=overrides)
+        return self.policies.model_copy(update=site_cfg.policy)
+
+    def secret_pairs(self) -> list[tuple[str, str]]:
+        """(username, secret) pairs the config knows, so HTTP Basic credentials (base64 of
+        ``user:secret``) are masked whole wherever they could appear."""
+        pairs: list[tuple[str, str]] = []
+        for site in self.sites.values():
+            if site.push is not None:
+                pairs.append((site.push.username, site.push.password.get_secret_value()))
+        if self.redis.username and self.redis.password is not None:
+            pairs.append((self.redis.username, self.redis.password.get_secret_value()))
+        for source in self.sources:
+            user = getattr(source, "username", None)
+            password = getattr(source, "password", None)
+            if user and password is not None and password.get_secret_value():
+                pairs.append((str(user), password.get_secret_value()))
+        return pairs
+
+    def redactor(self) -> Redactor:
+        """The process's one redactor: every configured secret and credential pair."""
+        from bot.redact import Redactor
+
+        return Redactor(self.secret_values(), pairs=self.secret_pairs())
 
     def secret_values(self) -> list[str]:
         """Every secret in the config, for log and message redaction."""
@@ -447,7 +463,7 @@ def _literal_secrets(model: type[BaseModel], raw: Any, loc: tuple[str, ...]) -> 
     """Secret fields given a literal value in the TOML file."""
     if not isinstance(raw, dict):
         return
-    secrets = set(_secret_fields(model))
+    secrets = set(secret_fields(model))
     for key, value in raw.items():
         here = (*loc, str(key))
         if key in secrets and value not in (None, ""):

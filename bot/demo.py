@@ -86,7 +86,12 @@ def demo_world(tunnel_delay: float) -> World:
 
 
 def demo_settings(
-    state_dir: Path, sim_port: int, http_port: int, sink: str, tunnel_delay: float
+    state_dir: Path,
+    sim_port: int,
+    http_port: int,
+    admin_port: int,
+    sink: str,
+    tunnel_delay: float,
 ) -> Settings:
     sites: dict[str, Any] = {
         s.name: {
@@ -113,10 +118,11 @@ def demo_settings(
                 "subscription_id": SUB,
                 "polling_interval": 0.1,
             },
-            "http": {
+            "http": {"host": "127.0.0.1", "port": http_port},
+            "admin": {
                 "host": "127.0.0.1",
-                "port": http_port,
-                "public_url": f"http://127.0.0.1:{http_port}",
+                "port": admin_port,
+                "public_url": f"http://127.0.0.1:{admin_port}",
             },
             "notify": [{"kind": "webhook", "url": sink, "name": "demo-sink"}],
             "security": {"journal_key": Fernet.generate_key().decode()},
@@ -182,13 +188,19 @@ async def run_demo(console: Console, changes: int, tunnel_delay: float, state_di
     sink_app.router.add_post("/hook", sink.hook)
     sim_runner, sim_port = await start_arm_sim(world)
     http_port = _free_port()
+    admin_port = _free_port()
     stop = asyncio.Event()
     embedded = EmbeddedRedis(state_dir)
     try:
         redis_url = await embedded.start()
         async with _serve(sink_app) as sink_port:
             settings = demo_settings(
-                state_dir, sim_port, http_port, f"http://127.0.0.1:{sink_port}/hook", tunnel_delay
+                state_dir,
+                sim_port,
+                http_port,
+                admin_port,
+                f"http://127.0.0.1:{sink_port}/hook",
+                tunnel_delay,
             )
             console.print(
                 f"[bold]tunnelwarden demo[/bold]: ARM simulator on 127.0.0.1:{sim_port}, "
@@ -205,7 +217,7 @@ async def run_demo(console: Console, changes: int, tunnel_delay: float, state_di
                 )
             )
             async with open_services(settings, redis_url) as services:
-                await _wait_ready(f"http://127.0.0.1:{http_port}", bot)
+                await _wait_ready(f"http://127.0.0.1:{admin_port}", bot)
                 await _baseline(console, world, services, http_port)
                 plan = _scenario(changes)
                 for change in plan:

@@ -18,7 +18,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, Val
 SCHEMA_VERSION: Final = 1
 TYPE_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$"
 SITE_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
-MAX_WIRE_BYTES = 64 * 1024
+MAX_WIRE_BYTES = 256 * 1024  # an entry above this is refused unread (worker.max_entry_bytes)
+MAX_DEPTH = 32  # JSON nested deeper than this is refused unparsed (worker.max_entry_depth)
 
 
 class EventError(ValueError):
@@ -64,14 +65,25 @@ class Event(BaseModel):
         return self.model_dump_json(by_alias=True)
 
     @classmethod
-    def from_wire(cls, raw: bytes | str | None) -> Event:
+    def from_wire(
+        cls,
+        raw: bytes | str | None,
+        *,
+        max_bytes: int = MAX_WIRE_BYTES,
+        max_depth: int = MAX_DEPTH,
+    ) -> Event:
+        """Read an entry; every failure is an ``EventError`` (permanent: a dead letter at once,
+        never a retry). Size and nesting are checked before parsing, in linear time."""
         if raw is None:
             raise EventError("entry has no 'event' field")
-        if len(raw) > MAX_WIRE_BYTES:
-            raise EventError(f"event is {len(raw)} bytes; the limit is {MAX_WIRE_BYTES}")
+        if len(raw) > max_bytes:
+            raise EventError(f"event is {len(raw)} bytes; the limit is {max_bytes}")
+        depth = nesting(raw)
+        if depth > max_depth:
+            raise EventError(f"event JSON is nested {depth} deep; the limit is {max_depth}")
         try:
             doc = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise EventError(f"event is not JSON: {exc}") from None
         if not isinstance(doc, dict):
             raise EventError("event JSON must be an object")
@@ -82,6 +94,30 @@ class Event(BaseModel):
             return cls.model_validate(doc)
         except ValidationError as exc:
             raise EventError(describe(exc)) from None
+
+
+def nesting(raw: bytes | str) -> int:
+    """How deep JSON objects/arrays nest in ``raw`` (brackets inside strings do not count);
+    one pass, no recursion, whatever the input."""
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
 
 
 def default_key(type: str, site: str, data: dict[str, JsonValue]) -> str:

@@ -48,6 +48,20 @@ class Metrics:
             "Runs that could not read a journaled secret (no or rotated journal key)",
             registry=r,
         )
+        self.redis_up = Gauge(
+            "tunnelwarden_redis_up", "1 while Redis answers the health probe", registry=r
+        )
+        self.redis_data_lost = Counter(
+            "tunnelwarden_redis_data_lost",
+            "Times Redis came back without the consumer group (its data was lost)",
+            registry=r,
+        )
+        self.redis_persistence = Gauge(
+            "tunnelwarden_redis_persistence",
+            "Redis persistence mode in use (1 for the current one): aof, rdb, aof+rdb, none",
+            ["mode"],
+            registry=r,
+        )
         self.queue_lag = Gauge(
             "tunnelwarden_queue_lag", "Entries not yet delivered to any worker", registry=r
         )

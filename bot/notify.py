@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from bot.chat.models import Notification
 from bot.config import Settings
+from bot.redact import Redactor
 
 if TYPE_CHECKING:
     import aiohttp
@@ -22,8 +23,9 @@ log = logging.getLogger("tunnelwarden.notify")
 
 
 class Notifications:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, redact: Redactor | None = None) -> None:
         self.settings = settings
+        self.redact = redact  # the process's redactor, shared with the chat notifier
         self._session: aiohttp.ClientSession | None = None
         self._notifier: Notifier | None = None
 
@@ -32,7 +34,7 @@ class Notifications:
         return self.settings.chat.enabled and bool(self.settings.notify)
 
     def run_url(self, site: str, run_id: str) -> str | None:
-        base = self.settings.http.public_url
+        base = self.settings.admin.public_url
         return f"{base.rstrip('/')}/runs/{site}/{run_id}" if base else None
 
     async def send(self, notification: Notification) -> list[DeliveryResult]:
@@ -45,7 +47,10 @@ class Notifications:
 
             self._session = aiohttp.ClientSession()
             self._notifier = Notifier(
-                self._session, self.settings.notify, secrets=self.settings.secret_values()
+                self._session,
+                self.settings.notify,
+                secrets=self.settings.secret_values(),
+                redactor=self.redact,
             )
         results = await self._notifier.send(notification)
         for r in results:

@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.sentinel import Sentinel
 
 from bot.config import RedisConfig
@@ -39,12 +39,17 @@ def _client_options(cfg: RedisConfig) -> dict[str, Any]:
 
 
 def from_url(url: str, cfg: RedisConfig) -> Redis:
+    """A client whose pool is bounded and *waits* (up to ``pool_timeout``) for a connection
+    instead of failing, so a burst of requests queues rather than erroring."""
     opts = _client_options(cfg)
     if url.startswith(("redis+sentinel://", "rediss+sentinel://")):
         return _sentinel_master(url, opts, cfg)
     if url.startswith("rediss://") and cfg.tls_ca_file:
         opts["ssl_ca_certs"] = str(cfg.tls_ca_file)
-    client: Redis = Redis.from_url(url, **opts)
+    pool = BlockingConnectionPool.from_url(
+        url, max_connections=cfg.max_connections, timeout=cfg.pool_timeout, **opts
+    )
+    client: Redis = Redis.from_pool(pool)  # the client owns (and closes) the pool
     return client
 
 

@@ -1,21 +1,30 @@
-"""Which failures are worth another try, and how long to wait before it.
+"""Which failures are worth another try, and what the far side asked us to wait.
 
-Only transient faults are retried: timeouts, refused or reset connections, HTTP 408/429/5xx.
-A permanent error (400, 403, 404, a validation error) fails at once, so a human hears about
-it in seconds rather than after a minute of pointless backoff. A ``Retry-After`` given by the
-far side is honoured as the minimum wait.
+Transient: timeouts, refused or reset connections, HTTP 408/429/5xx, ARM's busy codes. A
+permanent error (400, 403, 404, a validation error) fails at once, so a human hears about it
+in seconds rather than after pointless backoff. Who retries: azure-core for HTTP, the
+reconciler (re-plan) and the scheduler (backoff, ``bot.scheduler.backoff``) for the rest.
 """
 
 from __future__ import annotations
 
-import asyncio
+import math
+import random
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, Generic, TypeVar
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
-from tenacity.stop import stop_after_delay, stop_base
-from tenacity.wait import wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    retry_if_result,
+    stop_after_delay,
+    wait_fixed,
+)
 
 T = TypeVar("T")
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -69,6 +78,27 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date); None when
+    absent or unreadable, so the caller falls back to its backoff. The one parser."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    if math.isnan(seconds) or math.isinf(seconds):
+        return None
+    return max(seconds, 0.0)
+
+
 def retry_after(exc: BaseException | None) -> float | None:
     """Seconds the far side asked us to wait, from the exception or its HTTP response."""
     if exc is None:
@@ -79,56 +109,64 @@ def retry_after(exc: BaseException | None) -> float | None:
     response: Any = getattr(exc, "response", None)
     headers = getattr(response, "headers", None) or getattr(exc, "headers", None)
     if headers:
-        value = headers.get("Retry-After") or headers.get("retry-after")
-        try:
-            return float(value) if value is not None else None
-        except ValueError:
-            return None
+        return parse_retry_after(headers.get("Retry-After") or headers.get("retry-after"))
     return None
 
 
-class _WaitHonouringRetryAfter:
-    def __init__(self, max_delay: float) -> None:
-        self.backoff = wait_exponential_jitter(multiplier=0.5, max=max_delay, jitter=0.5)
-        self.max_delay = max_delay
-
-    def __call__(self, state: RetryCallState) -> float:
-        computed = float(self.backoff(state))
-        outcome = state.outcome
-        asked = retry_after(outcome.exception() if outcome else None)
-        return min(max(computed, asked or 0.0), self.max_delay)
+def backoff(attempt: int, base: float, cap: float, retry_after: float | None = None) -> float:
+    """Seconds before retry number ``attempt`` (1, 2, ...): exponential from ``base`` up to
+    ``cap``, jittered by ±20 %, and never shorter than what the far side asked for. The one
+    backoff (the scheduler's retries, chat delivery)."""
+    exponent = min(max(0, attempt - 1), 32)  # no float overflow
+    delay = min(cap, base * 2.0**exponent) * random.uniform(0.8, 1.2)
+    return float(max(delay, retry_after or 0.0))
 
 
-def retrying(attempts: int, max_delay: float, deadline: float | None = None) -> AsyncRetrying:
-    """A tenacity policy: transient errors only, backoff with jitter, Retry-After honoured."""
-    stop: stop_base = stop_after_attempt(attempts)
-    if deadline is not None:
-        stop = stop | stop_after_delay(deadline)
-    return AsyncRetrying(
-        retry=retry_if_exception(is_transient),
-        wait=_WaitHonouringRetryAfter(max_delay),
-        stop=stop,
-        reraise=True,
-    )
+@dataclass(frozen=True)
+class Waited(Generic[T]):
+    """How a domain-level wait ended: ``done``, with the last value read (or, if the last
+    read failed with a tolerated error, that error)."""
+
+    done: bool
+    value: T | None = None
+    error: BaseException | None = None
 
 
-async def call_with_retries(
-    action: Callable[[], Awaitable[T]], attempts: int, max_delay: float
-) -> T:
-    """``await action()``; on a transient fault, try again (``retrying``) up to ``attempts``.
+async def sample_until(
+    read: Callable[[], Awaitable[T]],
+    done: Callable[[T], bool],
+    *,
+    within: float,
+    every: float,
+    tolerate: Callable[[BaseException], bool] = lambda exc: False,
+) -> Waited[T]:
+    """Read until ``done(value)`` or ``within`` seconds pass, every ``every`` seconds.
 
-    The first call goes straight through: the common case pays nothing for the policy.
+    The one mechanism for domain-level waits (a tunnel to come up, a resource to leave
+    ``Updating``), on tenacity; HTTP retries are the client's. Errors ``tolerate`` accepts are
+    missed samples; any other error ends the wait at once.
     """
-    try:
-        return await action()
-    except Exception as exc:
-        if attempts <= 1 or not is_transient(exc):
-            raise
-        await asyncio.sleep(min(max(retry_after(exc) or 0.0, 0.5), max_delay))
-    async for attempt in retrying(attempts - 1, max_delay):
-        with attempt:
-            return await action()
-    raise AssertionError("unreachable")  # pragma: no cover - reraise=True
+
+    def gave_up(state: RetryCallState) -> Waited[T]:
+        outcome = state.outcome
+        if outcome is None:
+            return Waited(False)
+        if outcome.failed:
+            return Waited(False, error=outcome.exception())
+        return Waited(False, value=outcome.result())
+
+    async def sample() -> Waited[T]:
+        value = await read()
+        return Waited(done(value), value)
+
+    retrying = AsyncRetrying(
+        retry=retry_if_result(lambda w: not w.done) | retry_if_exception(tolerate),
+        stop=stop_after_delay(within),
+        wait=wait_fixed(every),
+        retry_error_callback=gave_up,
+    )
+    result: Waited[T] = await retrying(sample)
+    return result
 
 
 def describe_error(exc: BaseException) -> tuple[str, str]:

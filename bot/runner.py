@@ -24,8 +24,15 @@ from pydantic import ValidationError
 
 from bot.events import Event
 from bot.models import Change, Decision, Outcome, Plan, PlaybookCall, PlaybookResult, RunRecord
-from bot.retry import PermanentError, TransientError, describe_error, is_transient, retry_after
-from bot.scheduler import RECONCILE, backoff, member
+from bot.retry import (
+    PermanentError,
+    TransientError,
+    backoff,
+    describe_error,
+    is_transient,
+    retry_after,
+)
+from bot.scheduler import RECONCILE, member
 from bot.services import Services
 from bot.state import Begun, Followups, JournalEntry, LockLost, SiteLock, current_lock, poll_until
 from handlers.base import Handler, SiteView

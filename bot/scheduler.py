@@ -57,13 +57,6 @@ def member(event_type: str, site: str) -> str:
     return f"{event_type}|{site}"
 
 
-def backoff(attempt: int, base: float, cap: float, retry_after: float | None = None) -> float:
-    """Seconds before retry number ``attempt`` (1, 2, ...): exponential from ``base`` up to
-    ``cap``, jittered by ±20 %, and never shorter than what the far side asked for."""
-    delay = min(cap, base * 2.0 ** max(0, attempt - 1)) * random.uniform(0.8, 1.2)
-    return float(max(delay, retry_after or 0.0))
-
-
 def spread(site: str, interval: float) -> float:
     """A stable offset in [0, interval) for the site, so resyncs are spread evenly."""
     digest = hashlib.sha256(site.encode()).digest()
@@ -134,8 +127,11 @@ class Scheduler:
         next_ensure = 0.0
         while not stop.is_set():
             try:
-                if time.monotonic() >= next_ensure:
-                    await self.ensure_resync(sites(), resync_interval)
+                names = list(sites())
+                # Every 30 s, and at once if the set is gone (Redis lost its data).
+                gone = bool(names) and not await self.redis.exists(self.keys.schedule)
+                if gone or time.monotonic() >= next_ensure:
+                    await self.ensure_resync(names, resync_interval)
                     next_ensure = time.monotonic() + max(tick * 30, 30.0)
                 while len(await self.fire_due(limit=batch)) >= batch:
                     pass  # a backlog (a storm of retries): drain it before sleeping

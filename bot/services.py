@@ -33,9 +33,17 @@ class Services:
     journal_cipher: MultiFernet | None = None
 
     @classmethod
-    def build(cls, settings: Settings, redis: Redis, metrics: Metrics | None = None) -> Services:
+    def build(
+        cls,
+        settings: Settings,
+        redis: Redis,
+        metrics: Metrics | None = None,
+        redact: Redactor | None = None,
+    ) -> Services:
+        """``redact``: the process's redactor (the one the logs use); one is made if none."""
         keys = Keys(settings.redis.prefix)
         key = settings.security.journal_key
+        redact = redact or settings.redactor()  # one per process: logs, history, chat
         return cls(
             settings=settings,
             redis=redis,
@@ -54,8 +62,8 @@ class Services:
             ),
             metrics=metrics or Metrics(),
             azure=AzureClients(settings.azure),
-            notifications=Notifications(settings),
-            redact=Redactor(settings.secret_values()),
+            notifications=Notifications(settings, redact),
+            redact=redact,
             scheduler=Scheduler(redis, keys, stream_maxlen=settings.redis.stream_maxlen),
             journal_cipher=(
                 MultiFernet([Fernet(k) for k in journal_keys(key)]) if key is not None else None

@@ -95,6 +95,9 @@ class Worker:
                 try:
                     deliveries = await queue.read(self.name, free, self.cfg.block_ms)
                 except Exception as exc:  # weather, not disaster: Redis away or slow
+                    if "NOGROUP" in str(exc):
+                        await self._regroup()
+                        continue
                     pause = min(max(pause * 2, 0.1), 5.0)
                     log.warning(
                         "reading the queue failed (%s: %s); again in %.1fs",
@@ -119,6 +122,19 @@ class Worker:
                 await self._flush_acks()
                 await self.services.redis.zrem(self.services.keys.workers, self.name)
             log.info("worker %s stopped", self.name)
+
+    async def _regroup(self) -> None:
+        """Redis came back without our consumer group (restarted without persistence, or
+        flushed): create it again, and say loudly what was lost."""
+        log.error(
+            "redis lost the consumer group %s (restart without persistence? flushed?): queued "
+            "events, history and site state may be gone; re-creating it. Run Redis with "
+            "appendonly yes (docs/operations.md).",
+            self.services.keys.group,
+        )
+        self.services.metrics.redis_data_lost.inc()
+        with contextlib.suppress(Exception):
+            await self.services.queue.ensure_group()
 
     async def _ack_loop(self) -> None:
         while True:
@@ -219,8 +235,10 @@ class Worker:
 
     async def _dead_letter(self, delivery: Delivery, reason: str) -> None:
         reason = self.redact(reason)
-        # Kept for replay, so kept whole — except for secrets someone put in an event.
-        masked = dataclasses.replace(delivery, fields=self.redact.tree(delivery.fields))
+        # Kept for replay, so kept whole (up to a size that can be replayed at all) — except
+        # for secrets someone put in an event.
+        fields = {k: _clip(v, self.cfg.max_entry_bytes) for k, v in (delivery.fields or {}).items()}
+        masked = dataclasses.replace(delivery, fields=self.redact.tree(fields))
         await self.services.queue.dead_letter(masked, reason)
         self.services.metrics.dead_letters.inc()
         log.error("dead letter %s: %s", delivery.entry_id, reason)
@@ -277,7 +295,11 @@ class Worker:
             await queue.ack(delivery.entry_id)
             return
         try:
-            event = Event.from_wire(delivery.fields.get("event"))
+            event = Event.from_wire(
+                delivery.fields.get("event"),
+                max_bytes=self.cfg.max_entry_bytes,
+                max_depth=self.cfg.max_entry_depth,
+            )
         except EventError as exc:
             await self._dead_letter(delivery, str(exc))
             return
@@ -361,3 +383,10 @@ def _site_of(delivery: Delivery) -> str:
         return Event.from_wire((delivery.fields or {}).get("event")).site
     except Exception:
         return "(unknown site)"
+
+
+def _clip(value: str, limit: int) -> str:
+    """An oversized field as its head and its size (it could not be replayed anyway)."""
+    if len(value) <= limit:
+        return value
+    return f"{value[:2048]}... [{len(value)} characters; cut at 2048]"

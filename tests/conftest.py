@@ -90,6 +90,7 @@ FAST_WORKER = {
 def make_settings(prefix: str, tmp_path: Path, **overrides: Any) -> Settings:
     base: dict[str, Any] = {
         "redis": {"prefix": prefix, "state_dir": str(tmp_path / "state")},
+        "admin": {"port": 0},
         "worker": dict(FAST_WORKER),
         "policies": {
             "lock_ttl": 2.0,
@@ -161,6 +162,7 @@ def cli_env(redis_url: str, prefix: str, **extra: str) -> dict[str, str]:
         TUNNELWARDEN_REDIS_URL=redis_url,
         TUNNELWARDEN_REDIS__PREFIX=prefix,
         TUNNELWARDEN_LOG__FORMAT="json",
+        TUNNELWARDEN_ADMIN__PORT="0",  # several processes on one host: any free admin port
         **extra,
     )
     return env

@@ -221,7 +221,8 @@ def test_emit_run_history_status_and_dead_letters_json(
     assert record["run_id"] in [h["run_id"] for h in history]
 
     status = tw_json(redis_url, prefix, "status", env=home)
-    assert set(status) == {"queue", "workers", "sites"}
+    assert set(status) == {"queue", "workers", "sites", "redis"}
+    assert status["redis"]["persistence"] in ("none", "aof", "rdb", "aof+rdb", "unknown")
     assert status["queue"]["lag"] == 0 and status["queue"]["dead_letters"] == 1
     (site,) = status["sites"]
     assert site["name"] == "home"

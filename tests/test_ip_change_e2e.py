@@ -67,6 +67,7 @@ class Bot:
     base: str
     sim: web.AppRunner
     sim_port: int
+    admin: str  # the admin listener's base URL
 
     async def arm_down(self) -> None:
         """Azure Resource Manager unreachable: the simulator stops listening."""
@@ -91,11 +92,13 @@ async def running_bot(
     w = world()
     sim_runner, sim_port = await start_arm_sim(w)
     port = free_port()
+    admin_port = free_port()
     settings = azure_settings(
         prefix,
         tmp_path,
         sim_port,
-        http={"port": port, "public_url": f"http://127.0.0.1:{port}"},
+        http={"port": port},
+        admin={"port": admin_port, "public_url": f"http://127.0.0.1:{admin_port}"},
         notify=[{"kind": "webhook", "url": receiver.url, "name": "ops"}],
         policies={
             "tunnel_timeout": 1.0,
@@ -130,9 +133,10 @@ async def running_bot(
     client = Redis.from_url(redis_url)
     services = Services.build(settings, client)
     base = f"http://127.0.0.1:{port}"
-    bot = Bot(w, settings, services, base, sim_runner, sim_port)
+    admin = f"http://127.0.0.1:{admin_port}"
+    bot = Bot(w, settings, services, base, sim_runner, sim_port, admin)
     try:
-        await eventually(lambda: _ready(base, worker), within=10)
+        await eventually(lambda: _ready(admin, worker), within=10)
         yield bot
     finally:
         stop.set()
@@ -189,7 +193,7 @@ async def test_pushed_ip_change_updates_azure_and_tells_the_team(
         assert message["site"] == "home" and NEW_IP in message["title"]
         assert message["facts"]["Old IP"] == OLD_IP and message["facts"]["New IP"] == NEW_IP
         assert float(message["facts"]["Tunnel down for"].rstrip("s")) >= 0
-        assert message["run_url"] == f"{bot.base}/runs/home/{record.run_id}"
+        assert message["run_url"] == f"{bot.admin}/runs/home/{record.run_id}"
         async with aiohttp.ClientSession() as http, http.get(message["run_url"]) as resp:
             assert (await resp.json())["record"]["run_id"] == record.run_id
 

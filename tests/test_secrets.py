@@ -119,3 +119,134 @@ async def _two(services: Services) -> list:  # type: ignore[type-arg]
 
 async def _some(items: list[bytes]) -> bool:
     return bool(items)
+
+
+def encodings(user: str, secret: str) -> dict[str, str]:
+    """The forms a secret takes on its way through URLs, headers and JSON."""
+    import base64
+    import re
+    from urllib.parse import quote, quote_plus
+
+    return {
+        "plain": secret,
+        "percent": quote(secret, safe=""),
+        "percent-lower": re.sub("%[0-9A-F]{2}", lambda m: m[0].lower(), quote(secret, safe="")),
+        "plus": quote_plus(secret),
+        "basic": base64.b64encode(f"{user}:{secret}".encode()).decode(),
+        "base64": base64.b64encode(secret.encode()).decode(),
+        "json": json.dumps(secret)[1:-1],
+    }
+
+
+async def test_every_encoding_of_a_secret_is_masked_everywhere(
+    services: Services,
+    redis_url: str,
+    prefix: str,
+    tmp_path: Path,
+    procs: list[subprocess.Popen[bytes]],
+) -> None:
+    secret = 'Pa$$/w:rd+ä "9'  # a router's push password: every encoding differs
+    forms = encodings("home", secret)
+    assert len(set(forms.values())) == len(forms)
+    received: list[bytes] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.read())
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    config = tmp_path / "tw.toml"
+    config.write_text(
+        CONFIG
+        + '\n[sites.home.push]\nhostname = "home.example.net"\nusername = "home"\n'
+        + 'password_env = "PUSH_PW"\n'
+    )
+    text = " ".join(f"{k}={v}" for k, v in forms.items())
+    try:
+        poison = Event.new("test.fail", "home", source="test", data={"message": f"boom {text}"})
+        await services.queue.publish(poison)
+        asked = Event.new(
+            "playbook.requested", "home", source="test", data={"playbook": f"x {text}"}
+        )
+        await services.queue.publish(asked)
+        chat = Event.new(
+            "playbook.requested",
+            "home",
+            source="test",
+            data={"playbook": "notify", "params": {"message": f"see {text}"}},
+        )
+        await services.queue.publish(chat)
+        worker = start_worker(
+            procs,
+            config,
+            redis_url,
+            prefix,
+            "w",
+            capture_logs=True,
+            PUSH_PW=secret,
+            HOOK_URL=f"http://127.0.0.1:{runner.addresses[0][1]}/hook",
+        )
+        dead = await eventually(lambda: services.queue.dead_letters(), within=20)
+        records = await eventually(lambda: _two(services), within=20)
+        await eventually(lambda: _some(received), within=10)
+        worker.send_signal(signal.SIGTERM)
+        logs = worker.communicate(timeout=20)[1].decode()  # reads the pipe while it stops
+    finally:
+        await runner.cleanup()
+    journals = [await services.state.journal("home", r.run_id) for r in records]
+    places = {
+        "logs": logs,
+        "dead letters": dead[0].reason + json.dumps(dead[0].raw),
+        "history": json.dumps([r.model_dump() for r in records]),
+        "journals": json.dumps([[e.__dict__ for e in j] for j in journals]),
+        "chat": received[0].decode(),
+    }
+    assert "boom" in places["logs"] and "boom" in places["dead letters"]
+    for where, content in places.items():
+        for name, form in forms.items():
+            assert form not in content, f"{name} form of the secret in {where}"
+
+
+async def test_a_shared_key_learnt_at_run_time_is_masked_in_errors(
+    prefix: str, tmp_path: Path, redis_url: str
+) -> None:
+    """ARM quotes a connection's shared key in an error: history and journal get it masked
+    (the key is registered with the redactor the moment it is read)."""
+    from redis.asyncio import Redis
+
+    from bot.models import PlaybookCall
+    from bot.sim.arm import start_arm_sim
+    from tests.azure_world import SHARED_KEY, azure_settings, world
+    from tests.test_azure_playbooks import execute
+
+    w = world()
+    sim, port = await start_arm_sim(w)
+    client = Redis.from_url(redis_url)
+    services = Services.build(azure_settings(prefix, tmp_path, port), client)
+    w.drop_tunnel("conn-home", cleared_by=["put_connection"])
+    w.add_fault(
+        kind="error",
+        method="PUT",
+        path="connections/conn-home$",
+        status=400,
+        code="InvalidSharedKey",
+        message=f"the shared key {SHARED_KEY} does not match the policy",
+        count=5,
+    )
+    try:
+        record = await execute(services, PlaybookCall(name="recreate-connection", confirmed=True))
+        journal = await services.state.journal("home", record.run_id)
+    finally:
+        await services.azure.close()
+        await client.aclose()
+        await sim.cleanup()
+    assert record.outcome == "failed"
+    error = record.playbooks[0].error or ""
+    assert "the shared key *** does not match" in error
+    everything = json.dumps(record.model_dump()) + json.dumps([e.__dict__ for e in journal])
+    assert SHARED_KEY not in everything

@@ -2,11 +2,14 @@
 
 Typical use::
 
-    notifier = Notifier(session, [ChannelConfig(kind="slack", url=...)], secrets=[...])
+    notifier = Notifier(session, [ChannelConfig(kind="slack", url=...)], redactor=redact)
     results = await notifier.send(Notification(severity="warning", title=..., site=...))
 
+``redact`` is the process's :class:`bot.redact.Redactor`: messages are masked with the same
+secrets as logs and history (secrets show as ``[REDACTED]`` in chat).
+
 Names are resolved lazily, so importing ``bot.chat.models`` (as the config does) does not
-pull in aiohttp. ``redact`` is also a submodule's name: import it from ``bot.chat.redact``.
+pull in aiohttp.
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ _EXPORTS = {
     "Notification": "bot.chat.models",
     "Severity": "bot.chat.models",
     "Notifier": "bot.chat.notifier",
+    "REDACTED": "bot.chat.notifier",
     "scrub_notification": "bot.chat.notifier",
-    "Scrubber": "bot.chat.redact",
-    "redact_payload": "bot.chat.redact",
+    "url_secrets": "bot.chat.notifier",
     "SIGNATURE_HEADER": "bot.chat.signing",
     "sign": "bot.chat.signing",
     "verify": "bot.chat.signing",

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 
 import aiohttp
 from tenacity import (
@@ -27,6 +24,7 @@ from tenacity import (
 
 from bot.chat.models import ChannelConfig, ChannelKind
 from bot.chat.text import truncate
+from bot.retry import backoff, parse_retry_after
 
 __all__ = ["DeliveryResult", "RetryPolicy", "deliver", "parse_retry_after"]
 
@@ -45,7 +43,6 @@ class RetryPolicy:
 
     initial_backoff: float = 0.5
     max_backoff: float = 30.0
-    jitter: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,39 +81,13 @@ _RETRYABLE = (
 )
 
 
-def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date).
-
-    Returns ``None`` when absent or unparseable so the caller falls back to backoff.
-    """
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - (now or datetime.now(UTC))).total_seconds()
-    if seconds != seconds or seconds == float("inf"):  # NaN / inf
-        return None
-    return max(seconds, 0.0)
-
-
 def _is_retryable(status: int) -> bool:
     return status == 429 or status >= 500
 
 
 class _Wait:
-    """Honour ``Retry-After`` when the server sent one, else exponential backoff + jitter.
-
-    Backoff is computed here rather than with tenacity's ``wait_exponential_jitter``,
-    whose parameters changed across the tenacity versions we allow.
-    """
+    """Honour ``Retry-After`` when the server sent one, else the one backoff
+    (``bot.retry.backoff``: exponential, jittered)."""
 
     def __init__(self, policy: RetryPolicy) -> None:
         self._policy = policy
@@ -126,9 +97,7 @@ class _Wait:
         if isinstance(exc, _RetryableStatus) and exc.retry_after is not None:
             return exc.retry_after
         p = self._policy
-        exponent = min(state.attempt_number - 1, 32)  # avoid float overflow
-        backoff = p.initial_backoff * 2.0**exponent + random.uniform(0, p.jitter)
-        return min(backoff, p.max_backoff)
+        return backoff(state.attempt_number, p.initial_backoff, p.max_backoff)
 
 
 def _describe(exc: BaseException, scrub: Callable[[str], str]) -> str:

@@ -12,7 +12,9 @@ import asyncio
 import json
 import logging
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import aiohttp
 from pydantic import ValidationError
@@ -20,26 +22,50 @@ from pydantic import ValidationError
 from bot.chat.delivery import DeliveryResult, RetryPolicy, deliver
 from bot.chat.formatters import format_payload
 from bot.chat.models import ChannelConfig, ChannelKind, Notification
-from bot.chat.redact import Scrubber, url_secrets
 from bot.chat.signing import SIGNATURE_HEADER, sign
+from bot.redact import Redactor
 
-__all__ = ["Notifier", "scrub_notification"]
+__all__ = ["REDACTED", "Notifier", "scrub_notification", "url_secrets"]
 
 log = logging.getLogger(__name__)
 
 USER_AGENT = "tunnelwarden-chat/1"
+# What a secret becomes in a chat message (logs and history say ``***``).
+REDACTED = "[REDACTED]"
+
+# URL path segments / query values at least this long are treated as tokens.
+# Short ones ("services", "api", "v1") are routing, not credentials.
+_MIN_TOKEN_LEN = 16
+
+
+def url_secrets(url: str) -> list[str]:
+    """The parts of a webhook URL that act as credentials.
+
+    Besides the full URL this returns the password, long path segments (Slack
+    and Discord tokens) and long query values (the Teams Workflows ``sig``), so
+    a token that leaks on its own is still scrubbed.
+    """
+    found = [url]
+    parts = urlsplit(url)
+    if parts.password:
+        found.append(parts.password)
+    found.extend(seg for seg in parts.path.split("/") if len(seg) >= _MIN_TOKEN_LEN)
+    found.extend(v for _, v in parse_qsl(parts.query) if len(v) >= _MIN_TOKEN_LEN)
+    return found
 
 
 def scrub_notification(
-    notification: Notification, secrets: Iterable[str] | Scrubber
+    notification: Notification, secrets: Iterable[str] | Redactor
 ) -> Notification:
     """Copy of ``notification`` with secrets removed from every text field.
 
     Done *before* formatting because formatters truncate, and a secret cut in
     half by truncation would no longer match when the payload is scrubbed.
+    ``secrets`` is the process's :class:`~bot.redact.Redactor` (or values to
+    build a one-off one from).
     """
-    scrub = secrets if isinstance(secrets, Scrubber) else Scrubber(secrets, shapes=True)
-    data = scrub.payload(notification.model_dump(mode="json"))
+    redact = secrets if isinstance(secrets, Redactor) else Redactor(secrets)
+    data = redact.tree(notification.model_dump(mode="json"), mask=REDACTED)
     try:
         return Notification.model_validate(data)
     except ValidationError:
@@ -52,8 +78,12 @@ class Notifier:
     """Routes notifications to channels by site and severity and delivers them.
 
     The caller owns ``session`` (one shared ``aiohttp.ClientSession`` for the
-    bot).  ``secrets`` are values that must never appear in a message; channel
-    URLs, their embedded tokens and signing secrets are added automatically.
+    bot) and should pass ``redactor``, the process's one
+    :class:`~bot.redact.Redactor`, so that secrets learnt at run time are
+    masked in messages too (without one the notifier makes its own).
+    ``secrets`` are values that must never appear in a message; they, channel
+    URLs, their embedded tokens and signing secrets are added to the redactor,
+    which then masks them in logs and history as well.
     """
 
     def __init__(
@@ -63,17 +93,20 @@ class Notifier:
         *,
         secrets: Iterable[str] = (),
         retry: RetryPolicy | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
         self._session = session
         self._channels = tuple(channels)
         self._retry = retry or RetryPolicy()
-        collected = [s for s in secrets if s]
+        self._redact = redactor if redactor is not None else Redactor()
+        for secret in secrets:
+            self._redact.add(secret)
         for channel in self._channels:
-            collected.extend(url_secrets(channel.url.get_secret_value()))
+            for secret in url_secrets(channel.url.get_secret_value()):
+                self._redact.add(secret)
             if channel.signing_secret is not None:
-                collected.append(channel.signing_secret.get_secret_value())
-        self._secrets = tuple(dict.fromkeys(collected))
-        self._scrub = Scrubber(self._secrets, shapes=True)
+                self._redact.add(channel.signing_secret.get_secret_value())
+        self._scrub = partial(self._redact, mask=REDACTED)
 
     @property
     def channels(self) -> tuple[ChannelConfig, ...]:
@@ -85,13 +118,13 @@ class Notifier:
 
     def render(self, channel: ChannelConfig, notification: Notification) -> dict[str, Any]:
         """The exact, secret-free JSON payload ``channel`` would receive."""
-        clean = scrub_notification(notification, self._scrub)
+        clean = scrub_notification(notification, self._redact)
         return self._render_clean(channel, clean)
 
     def _render_clean(self, channel: ChannelConfig, clean: Notification) -> dict[str, Any]:
         payload = format_payload(channel.kind, clean)
         # Second pass: catches secrets formed by formatter-added text or concatenation.
-        scrubbed: dict[str, Any] = self._scrub.payload(payload)
+        scrubbed: dict[str, Any] = self._redact.tree(payload, mask=REDACTED)
         return scrubbed
 
     async def send(self, notification: Notification) -> list[DeliveryResult]:
@@ -105,7 +138,7 @@ class Notifier:
                 notification.severity.value,
             )
             return []
-        clean = scrub_notification(notification, self._scrub)
+        clean = scrub_notification(notification, self._redact)
         outcomes = await asyncio.gather(
             *(self._send_one(c, clean) for c in targets), return_exceptions=True
         )

@@ -8,7 +8,6 @@ re-export the classes they used to define.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -21,6 +20,7 @@ from pydantic import (
 )
 
 from bot.events import SITE_PATTERN
+from bot.secrets import read_secret_refs
 from bot.sources.ipcheck import Family
 
 ProviderKind = Literal["text", "json", "trace"]
@@ -165,8 +165,9 @@ class FritzSourceConfig(FritzConfig):
     """`[[sources]] kind = "fritz"`: poll one FRITZ!Box (TR-064/IGD) for `site`'s address.
 
     IPv6 is off by default here (as for echo sources): a site's gateway address is usually
-    IPv4, and a v6 report is a separate `ip.changed` event. The password comes from
-    `password` (environment) or `password_file`, never literally from the config file.
+    IPv4, and a v6 report is a separate `ip.changed` event. The password comes from the
+    environment, `password_file` or `password_env` (``bot.secrets``), never literally from
+    the config file.
     """
 
     kind: Literal["fritz"]
@@ -176,22 +177,11 @@ class FritzSourceConfig(FritzConfig):
     interval: float = Field(default=60.0, gt=0, description="seconds between polls")
     debounce: DebounceConfig = DebounceConfig()
     ipv6: bool = False
-    password_file: Path | None = None
 
     @model_validator(mode="before")
     @classmethod
-    def _read_password_file(cls, data: Any) -> Any:
-        """Fill `password` from `password_file` (like `bot.config.Section` for `x_file`)."""
-        if not isinstance(data, dict):
-            return data
-        path = data.get("password_file")
-        if path and data.get("password") in (None, ""):
-            data = dict(data)
-            try:
-                data["password"] = Path(str(path)).read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ValueError(f"password_file: cannot read {path}: {exc.strerror}") from None
-        return data
+    def _read_secret_refs(cls, data: Any) -> Any:
+        return read_secret_refs(cls, data)
 
     @property
     def sites(self) -> list[str]:

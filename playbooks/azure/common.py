@@ -9,13 +9,19 @@ that decides. A failed operation is worth another reconcile later (transient).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bot.retry import PermanentError, TransientError, describe_error, is_transient, status_of
+from bot.retry import (
+    PermanentError,
+    TransientError,
+    describe_error,
+    is_transient,
+    sample_until,
+    status_of,
+)
 from playbooks.base import RunContext
 
 if TYPE_CHECKING:
@@ -90,24 +96,34 @@ async def settled(
     returns None.
     """
     cfg = ctx.services.settings.azure
-    deadline = time.monotonic() + cfg.settle_timeout
-    interval = max(0.05, min(cfg.polling_interval or 1.0, 5.0))
-    state = "unknown"
-    while True:
+
+    async def read() -> Any:
         try:
-            res = await get()
-            state = text(getattr(res, "provisioning_state", None)) or "Succeeded"
-            if state not in BUSY_STATES:
-                return res
+            return await get()
         except Exception as exc:
             if gone_ok and is_not_found(exc):
                 return None
-            if not (after_write and is_transient(exc)):
-                raise
-            state = f"unreadable ({describe_error(exc)[0]})"
-        if time.monotonic() >= deadline:
-            raise TransientError(f"{what} is still {state} after {cfg.settle_timeout:g}s")
-        await asyncio.sleep(interval)
+            raise
+
+    waited = await sample_until(
+        read,
+        lambda res: res is None or _state(res) not in BUSY_STATES,
+        within=cfg.settle_timeout,
+        every=max(0.05, min(cfg.polling_interval or 1.0, 5.0)),
+        tolerate=is_transient if after_write else lambda exc: False,
+    )
+    if waited.done:
+        return waited.value
+    state = (
+        f"unreadable ({describe_error(waited.error)[0]})"
+        if waited.error is not None
+        else _state(waited.value)
+    )
+    raise TransientError(f"{what} is still {state} after {cfg.settle_timeout:g}s")
+
+
+def _state(res: Any) -> str:
+    return text(getattr(res, "provisioning_state", None)) or "Succeeded"
 
 
 async def finish(
@@ -162,19 +178,16 @@ async def wait_connected(
 
     A throttled or failing read inside the wait is only a missed sample, not a failure."""
     began = time.monotonic()
-    status = "Unknown"
-    while True:
-        try:
-            conn = await client.virtual_network_gateway_connections.get(
-                t.resource_group, t.connection
-            )
-            status = text(conn.connection_status) or "Unknown"
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            status = f"unreadable ({describe_error(exc)[0]})"
-        if status == "Connected":
-            return True, status, time.monotonic() - began
-        if time.monotonic() - began >= wait_s:
-            return False, status, time.monotonic() - began
-        await asyncio.sleep(interval)
+
+    async def status() -> str:
+        conn = await client.virtual_network_gateway_connections.get(t.resource_group, t.connection)
+        return text(conn.connection_status) or "Unknown"
+
+    waited = await sample_until(
+        status, lambda s: s == "Connected", within=wait_s, every=interval, tolerate=is_transient
+    )
+    if waited.error is not None:
+        last = f"unreadable ({describe_error(waited.error)[0]})"
+    else:
+        last = waited.value or "Unknown"
+    return waited.done, last, time.monotonic() - began

@@ -58,12 +58,11 @@ async def _unless_connected(ctx: RunContext, params: WaitParams) -> str | None:
 async def _why_down(ctx: RunContext, t: AzureTarget, status: str, waited: float) -> str:
     client = await network(ctx)
     lng = await client.local_network_gateways.get(t.resource_group, t.local_network_gateway)
-    props = lng.as_dict().get("properties", {})
-    address = props.get("gatewayIpAddress") or props.get("fqdn") or "(none)"
+    address = lng.gateway_ip_address or lng.fqdn or "(none)"
     return (
         f"connection {t.connection} is {status} after {waited:.0f}s; "
         f"lng {t.local_network_gateway} points at {address} "
-        f"(provisioning {props.get('provisioningState', 'unknown')})"
+        f"(provisioning {text(lng.provisioning_state) or 'unknown'})"
     )
 
 

@@ -17,7 +17,7 @@ CGNAT or otherwise unusable address never reaches Azure, whoever asks.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -38,6 +38,10 @@ from playbooks.azure.common import (
     writable_connection,
 )
 from playbooks.base import Playbook, RunContext
+
+if TYPE_CHECKING:
+    from azure.mgmt.network.types import LocalNetworkGateway as LngJson
+    from azure.mgmt.network.types import VirtualNetworkGatewayConnection as ConnectionJson
 
 
 def _public_ipv4(value: str | None, info: ValidationInfo) -> str | None:
@@ -91,6 +95,15 @@ def _address(params: LngParams) -> tuple[str, str]:
     return ("gatewayIpAddress", params.ip) if params.ip else ("fqdn", params.fqdn or "")
 
 
+def _arm_json(model: Any) -> dict[str, Any]:
+    """A resource as ARM sent it (camelCase, settings under ``properties``, read-only fields
+    included): azure-mgmt-network's hybrid models (31.0+) are that JSON, the msrest models
+    before them serialize to it (their ``as_dict()`` is flat snake_case)."""
+    if hasattr(model, "serialize"):
+        return dict(model.serialize(keep_readonly=True))
+    return dict(model.as_dict())
+
+
 def _current(lng: Any, field: str) -> str | None:
     value = lng.gateway_ip_address if field == "gatewayIpAddress" else lng.fqdn
     return None if value is None else str(value)
@@ -110,7 +123,7 @@ async def _plan_lng(ctx: RunContext, t: AzureTarget, field: str, wanted: str) ->
     name = f"lng {t.local_network_gateway}"
     if current == wanted and state != "Failed":
         return Plan()
-    body = lng.as_dict()
+    body = _arm_json(lng)
     if current == wanted:  # a failed update: re-PUT the same body to recover it
         change = Change(target=name, field="provisioningState", old=state, new="Succeeded")
     else:
@@ -121,9 +134,9 @@ async def _plan_lng(ctx: RunContext, t: AzureTarget, field: str, wanted: str) ->
 async def _put_address(
     ctx: RunContext, t: AzureTarget, field: str, wanted: str, plan: Plan
 ) -> dict[str, Any]:
-    """PUT the LNG as read, with the new address, If-Match the ETag read in plan()."""
-    from azure.mgmt.network.models import LocalNetworkGateway
+    """PUT the LNG as read, with the new address, If-Match the ETag read in plan().
 
+    The body goes to the SDK as ARM JSON, which every azure-mgmt-network accepts."""
     client = await network(ctx)
     ops = client.local_network_gateways
     raw = plan.read.get("lng")
@@ -134,11 +147,13 @@ async def _put_address(
     for key in ("provisioningState", "resourceGuid"):
         props.pop(key, None)
     body["properties"] = props
+    for key in ("name", "type"):
+        body.pop(key, None)
     etag = body.pop("etag", None)
     headers = {"If-Match": str(etag)} if etag else {}
     try:
         poller = await ops.begin_create_or_update(
-            t.resource_group, t.local_network_gateway, LocalNetworkGateway(body), headers=headers
+            t.resource_group, t.local_network_gateway, cast("LngJson", body), headers=headers
         )
     except Exception as exc:
         if precondition_failed(exc):  # changed since plan(): read and plan again
@@ -287,7 +302,7 @@ async def _snapshot(ctx: RunContext, t: AzureTarget) -> dict[str, Any]:
             "SharedKeyUnreadable",
         )
     ctx.services.redact.add(value)  # from now on it is masked wherever it could appear
-    body = writable_connection(conn.as_dict())
+    body = writable_connection(_arm_json(conn))
     body["properties"]["sharedKey"] = value
     return body
 
@@ -310,13 +325,11 @@ async def _delete_connection(ctx: RunContext, t: AzureTarget) -> str:
 
 
 async def _create_connection(ctx: RunContext, t: AzureTarget, body: dict[str, Any]) -> str:
-    from azure.mgmt.network.models import VirtualNetworkGatewayConnection
-
     client = await network(ctx)
     ops = client.virtual_network_gateway_connections
     ctx.services.redact.add(str(body.get("properties", {}).get("sharedKey") or ""))
     poller = await ops.begin_create_or_update(
-        t.resource_group, t.connection, VirtualNetworkGatewayConnection(body)
+        t.resource_group, t.connection, cast("ConnectionJson", body)
     )
 
     async def get() -> Any:

@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from bot.chat import (
+    REDACTED,
     SIGNATURE_HEADER,
     ChannelConfig,
     DeliveryResult,
@@ -22,13 +23,12 @@ from bot.chat import (
     Severity,
     verify,
 )
-from bot.chat.redact import REDACTED
 from tests.chat.chat_receiver import HOST, Receiver, Reply
 from tests.chat.chat_validators import VALIDATORS
 
 # Tiny backoff keeps the suite fast; Retry-After tests use server-sent delays
 # far larger than this, so honouring them is observable.
-FAST = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, jitter=0.01)
+FAST = RetryPolicy(initial_backoff=0.01, max_backoff=0.05)
 
 
 def channel(rx: Receiver, kind: str, path: str, **extra: Any) -> ChannelConfig:

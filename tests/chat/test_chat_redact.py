@@ -1,54 +1,76 @@
-"""Secret scrubbing helpers."""
+"""Chat redaction (through the process's one redactor), Retry-After parsing and signing."""
 
 from __future__ import annotations
 
+import base64
+import json
 from datetime import UTC, datetime
+from urllib.parse import quote
 
+import aiohttp
+
+from bot.chat import REDACTED, ChannelConfig, Notification, Notifier, url_secrets
 from bot.chat.delivery import parse_retry_after
-from bot.chat.redact import REDACTED, Scrubber, redact, redact_payload, url_secrets
+from bot.chat.notifier import scrub_notification
 from bot.chat.signing import sign, verify
+from bot.redact import MASK, Redactor
+
+PSK = "psk-Very-Secret/Value+42"
 
 
-def test_redact_replaces_every_occurrence() -> None:
-    assert redact("a hunter2 b hunter2", ["hunter2"]) == f"a {REDACTED} b {REDACTED}"
-    assert redact("nothing here", ["hunter2"]) == "nothing here"
+def note(**fields: object) -> Notification:
+    return Notification.model_validate(
+        {"severity": "error", "title": "Tunnel reset", "site": "hq", **fields}
+    )
 
 
-def test_redact_prefers_longest_secret_so_no_remainder_leaks() -> None:
-    text = "token=abcdef123456"
-    assert redact(text, ["abc", "abcdef123456"]) == f"token={REDACTED}"
+def test_scrub_notification_masks_every_field_and_fact_label() -> None:
+    dirty = note(
+        title=f"Reset with {PSK}",
+        summary=f"url?x={quote(PSK, safe='')} header={base64.b64encode(PSK.encode()).decode()}",
+        facts={"Pre-shared key": PSK, PSK: "as a label"},
+        next_step=f"rotate {json.dumps(PSK)}",
+    )
+    clean = scrub_notification(dirty, Redactor([PSK]))
+    text = clean.model_dump_json()
+    assert "Very-Secret" not in text and "VmVyeS1TZWNyZXQ" not in text
+    assert clean.title == f"Reset with {REDACTED}"
+    assert clean.summary == f"url?x={REDACTED} header={REDACTED}"
+    assert [(f.name, f.value) for f in clean.facts] == [
+        ("Pre-shared key", REDACTED),
+        (REDACTED, "as a label"),
+    ]
+    # Values alone (no redactor) still work, for callers outside a running bot.
+    assert scrub_notification(note(title=f"x {PSK}"), [PSK]).title == f"x {REDACTED}"
 
 
-def test_redact_ignores_empty_and_blank_secrets() -> None:
-    assert redact("keep me", ["", "   "]) == "keep me"
+def test_scrub_notification_masks_secret_shapes_too() -> None:
+    clean = scrub_notification(
+        note(summary="login token=abcd1234efgh, Authorization: Bearer eyJhbGciOi.x.y"), []
+    )
+    assert clean.summary == f"login token={REDACTED}, Authorization: Bearer {REDACTED}"
 
 
-def test_redact_catches_percent_encoded_form() -> None:
-    assert redact("url?x=p%40ss%2Fw0rd", ["p@ss/w0rd"]) == f"url?x={REDACTED}"
-
-
-def test_redact_escapes_regex_metacharacters() -> None:
-    assert redact("x a.b*c y axbbc", ["a.b*c"]) == f"x {REDACTED} y axbbc"
-
-
-def test_redact_payload_walks_nested_keys_and_values() -> None:
-    payload = {"s3cret": ["x s3cret", {"k": ("s3cret",)}], "n": 5, "none": None}
-    assert redact_payload(payload, ["s3cret"]) == {
-        REDACTED: [f"x {REDACTED}", {"k": [REDACTED]}],
-        "n": 5,
-        "none": None,
-    }
-
-
-def test_scrubber_also_masks_secret_shapes_when_asked() -> None:
-    text = "login token=abcd1234efgh with Authorization: Bearer eyJhbGciOi.x.y and k3y"
-    exact_only = Scrubber(["k3y"])
-    assert exact_only(text) == text.replace("k3y", REDACTED)
-    both = Scrubber(["k3y"], shapes=True)
-    out = both(text)
-    assert "abcd1234efgh" not in out and "eyJhbGciOi" not in out and "k3y" not in out
-    assert "token=***" in out and REDACTED in out
-    assert both.payload({"a": ["token=abcd1234efgh"]}) == {"a": ["token=***"]}
+async def test_notifier_shares_the_process_redactor() -> None:
+    """Channel credentials join the process's secrets; run-time secrets reach chat masking."""
+    token = "tokenAAAABBBBCCCCDDDD"
+    hook = f"https://hooks.slack.com/services/T1/B2/{token}"
+    channel = ChannelConfig.model_validate({"kind": "slack", "url": hook})
+    redact = Redactor(["configured-secret"])
+    async with aiohttp.ClientSession() as session:
+        notifier = Notifier(session, [channel], secrets=["extra-secret"], redactor=redact)
+        # The process's logs now mask the webhook URL, its token and the extra secret...
+        assert redact(f"posting to {hook} / {token} / extra-secret") == (
+            f"posting to {MASK} / {MASK} / {MASK}"
+        )
+        # ...and a secret learnt later (a shared key read from Azure) is masked in chat.
+        redact.add("shared-key-read-at-run-time")
+        payload = notifier.render(
+            channel, note(summary="key shared-key-read-at-run-time and configured-secret")
+        )
+    body = json.dumps(payload)
+    assert "shared-key-read-at-run-time" not in body and "configured-secret" not in body
+    assert body.count(REDACTED) >= 2
 
 
 def test_url_secrets_extract_tokens() -> None:
