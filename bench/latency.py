@@ -141,7 +141,8 @@ class Observer:
             for key, tunnel in world.tunnels.items():
                 if tunnel.agreed and not before.get(key, False):
                     site = key.rsplit("/conn-", 1)[-1]
-                    self.connected.setdefault(site, []).append(tunnel.up_at or world.clock())
+                    up_at = min((leg.up_at for leg in tunnel.legs if leg.up_at), default=None)
+                    self.connected.setdefault(site, []).append(up_at or world.clock())
 
         world.reevaluate = reevaluate  # type: ignore[method-assign]
 
@@ -290,7 +291,9 @@ async def _one(bench: Bench, change: Change, poll: float = 0.01) -> Change:
     deadline = time.perf_counter() + 60
     while True:
         records = await bench.state.history(name, 1)
-        if records and f"-> {change.ip} (observation" in records[0].reason:
+        # The push's own run, or the reconcile it was folded into when the site was busy
+        # (a resync that came due at the same moment): both name the address.
+        if records and change.ip in records[0].reason:
             record = records[0]
             break
         if await bench.state.redis.hlen(Keys(PREFIX).errors):

@@ -8,6 +8,9 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+import aiohttp
 
 from bot.config import Settings
 from bot.redact import Redactor
@@ -15,6 +18,9 @@ from bot.redisconn import open_redis, redact_url
 from bot.runner import Runner
 from bot.services import Services
 from bot.worker import Worker
+
+if TYPE_CHECKING:
+    from bot.sources.pollers import Poller
 
 log = logging.getLogger("tunnelwarden")
 
@@ -43,19 +49,36 @@ def build_worker(services: Services, name: str | None = None) -> Worker:
     return Worker(services, handlers.builtin(), runner, runner.worker)
 
 
-async def poll_sources(services: Services, stop: asyncio.Event) -> None:
-    """The polling sources, on whichever replica holds the pollers' lease."""
-    import aiohttp
-
-    from bot.sources.pollers import build_pollers, run_pollers
+def source_pollers(services: Services, session: aiohttp.ClientSession) -> list[Poller]:
+    """Every source that polls: IP pollers, the ARM tunnel watcher, each site's probes."""
+    from bot.sources.pollers import build_pollers
+    from bot.sources.probing import ProbePoller
     from bot.sources.report import IpReporter
+    from bot.sources.watcher import TunnelWatcher
 
     settings = services.settings
     reporter = IpReporter(services, allow_documentation=settings.allow_documentation_ips)
+    pollers: list[Poller] = [*build_pollers(settings.sources, session=session, reporter=reporter)]
+    watcher = TunnelWatcher(services, settings.watcher)
+    if settings.watcher.enabled and watcher.sites and settings.azure.subscription_id:
+        pollers.append(watcher)
+    for name, site in settings.sites.items():
+        pollers += [ProbePoller(services, name, spec) for spec in site.probes]
+    return pollers
+
+
+async def poll_sources(services: Services, stop: asyncio.Event) -> None:
+    """The polling sources, on whichever replica holds the sources' lease (one reads ARM,
+    one runs each probe, one asks the echo services)."""
+    from bot.sources.pollers import run_pollers
+
     async with aiohttp.ClientSession() as session:
-        pollers = build_pollers(settings.sources, session=session, reporter=reporter)
+        pollers = source_pollers(services, session)
+        if not pollers:
+            await stop.wait()  # nothing to poll; stay until the process stops
+            return
         lease = services.state.leader_lease("pollers", ttl=15.0)
-        log.info("sources: %s", ", ".join(p.name for p in pollers) or "none enabled")
+        log.info("sources: %s", ", ".join(p.name for p in pollers))
         await run_pollers(pollers, lease, stop, tick=3.0)
 
 
@@ -115,7 +138,7 @@ async def run_process(
                 log.info("http: listening on %s:%d", settings.http.host, port)
             if the_worker is not None:
                 tasks.append(asyncio.create_task(the_worker.run(stop), name="worker"))
-            if sources and settings.sources:
+            if sources:
                 tasks.append(asyncio.create_task(poll_sources(services, stop), name="sources"))
             waiter = asyncio.create_task(stop.wait())
             await asyncio.wait({waiter, *tasks}, return_when=asyncio.FIRST_COMPLETED)

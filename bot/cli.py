@@ -41,6 +41,8 @@ app.add_typer(playbook_app, name="playbook")
 sim_app = typer.Typer(help="Local simulators (loopback only).", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(sim_app, name="sim")
+probe_app = typer.Typer(help="The sites' health probes: list them, run one now.")
+app.add_typer(probe_app, name="probe")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -494,17 +496,25 @@ def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         )
     else:
         out.print(f"redis persistence: {persistence}", highlight=False)
-    table = Table("site", "configured", "reconcile", "paused", "active runs", "last run", "outcome")
+    table = Table(
+        "site", "reconcile", "tunnel", "probes", "paused", "active runs", "last run", "outcome"
+    )
     for s in doc["sites"]:
         last = s["last_run"]
         st = s["state"]
         reconcile = st.get("reconcile.status", "-")
         if reconcile == "retrying":
             reconcile += f" ({st.get('reconcile.attempt')})"
+        tunnel = st.get("tunnel.status", "-")
+        if st.get("tunnel.since") and tunnel != "-":
+            tunnel += f" {_ago(float(st['tunnel.since'])).removesuffix(' ago')}"
+        probes = [k.split(".")[1] for k in st if k.startswith("probe.") and k.endswith(".state")]
+        down = [p for p in probes if st.get(f"probe.{p}.state") == "down"]
         table.add_row(
-            s["name"],
-            "yes" if s["configured"] else "no",
+            s["name"] + ("" if s["configured"] else " (not configured)"),
             reconcile,
+            tunnel,
+            f"{len(probes) - len(down)}/{len(probes)} up" if probes else "-",
             "yes" if s["paused"] else "",
             str(len(s["active_runs"])),
             _ago(last["finished_at"]) if last else "-",
@@ -562,6 +572,92 @@ def dead_letters(
     for r in rows:
         table.add_row(_ago(r.dead_at), r.entry_id, str(r.deliveries), r.reason)
     out.print(table)
+
+
+# --- probes -----------------------------------------------------------------------------
+
+
+@probe_app.command("list")
+def probe_list(
+    ctx: typer.Context,
+    site: Annotated[str | None, typer.Option("--site", help="Only this site")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The configured probes, with what the last runs found (from Redis)."""
+    settings = _settings(ctx)
+    if site is not None and site not in settings.sites:
+        _fail(f"unknown site {site!r}")
+    names = [site] if site else sorted(settings.sites)
+
+    async def gather(services: Services) -> list[dict[str, Any]]:
+        rows = []
+        for name in names:
+            state = await services.state.site_state(name)
+            for spec in settings.sites[name].probes:
+                p = f"probe.{spec.name}"
+                rows.append(
+                    {
+                        "site": name,
+                        "probe": spec.name,
+                        "kind": spec.kind,
+                        "through_tunnel": spec.through_tunnel,
+                        "interval": spec.interval,
+                        "state": state.get(f"{p}.state") or "unknown",
+                        "since": float(state.get(f"{p}.since") or 0) or None,
+                        "last": state.get(f"{p}.reason"),
+                        "detail": state.get(f"{p}.detail"),
+                        "checked": float(state.get(f"{p}.checked") or 0) or None,
+                    }
+                )
+        return rows
+
+    rows = _with_services(ctx, gather)
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("site", "probe", "kind", "through tunnel", "state", "last result", "checked")
+    for r in rows:
+        table.add_row(
+            r["site"],
+            r["probe"],
+            r["kind"],
+            "yes" if r["through_tunnel"] else "",
+            r["state"],
+            escape(f"{r['last'] or '-'}: {r['detail'] or ''}"),
+            _ago(r["checked"]) if r["checked"] else "never",
+        )
+    out.print(table)
+
+
+@probe_app.command("run")
+def probe_run(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Probe name (see: probe list)")],
+    site: Annotated[str, typer.Option("--site", help="Site name")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Run one probe now and show its result (records nothing)."""
+    from bot.probes import probe
+
+    settings = _settings(ctx)
+    if site not in settings.sites:
+        _fail(f"unknown site {site!r}")
+    specs = {p.name: p for p in settings.sites[site].probes}
+    if name not in specs:
+        known = ", ".join(sorted(specs)) or "none configured"
+        _fail(f"site {site} has no probe {name!r} (probes: {known})")
+    spec = specs[name]
+    result = asyncio.run(probe(spec))
+    if as_json:
+        _print_json({"site": site, "probe": name, "kind": spec.kind, **result.__dict__})
+    else:
+        colour = "green" if result.ok else "red"
+        latency = f" in {result.latency_s * 1000:.1f} ms" if result.latency_s is not None else ""
+        out.print(
+            f"[{colour}]{'up' if result.ok else 'down'}[/{colour}] {site}/{name} ({spec.kind})"
+            f"{latency}: {escape(result.reason)}: {escape(result.detail)}"
+        )
+    raise typer.Exit(0 if result.ok else 1)
 
 
 # --- config -----------------------------------------------------------------------------
@@ -631,6 +727,37 @@ def sim_arm(
         asyncio.run(
             arm_main("127.0.0.1", port, world, retry_after=retry_after, tunnel_delay=tunnel_delay)
         )
+
+
+@sim_app.command("sites")
+def sim_sites(
+    port: Annotated[int, typer.Option(help="Control API port on 127.0.0.1 (0 = any)")] = 0,
+    config: Annotated[
+        Path | None, typer.Option("--sites", help="Responders (TOML); default: a demo site")
+    ] = None,
+    arm: Annotated[
+        str | None, typer.Option(help="ARM simulator URL whose tunnels the responders follow")
+    ] = None,
+    tie: Annotated[
+        list[str] | None,
+        typer.Option(help="site=connection: the site's behind-the-tunnel responders follow it"),
+    ] = None,
+) -> None:
+    """Per-site probe responders (TCP, HTTP, IKEv2, DNS) on loopback until Ctrl-C."""
+    import contextlib
+
+    from bot.sim.sites import main as sites_main
+
+    ties = {}
+    for item in tie or []:
+        site_name, sep, connection = item.partition("=")
+        if not sep or not site_name or not connection:
+            _fail(f"--tie: expected site=connection, got {item!r}")
+        ties[site_name] = connection
+    if ties and not arm:
+        _fail("--tie needs --arm (the ARM simulator whose tunnels to follow)")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(sites_main("127.0.0.1", port, config, arm_url=arm, ties=ties))
 
 
 def main() -> None:

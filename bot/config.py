@@ -35,6 +35,7 @@ from bot.chat.models import ChannelConfig
 if TYPE_CHECKING:
     from bot.redact import Redactor
 from bot.events import SITE_PATTERN
+from bot.probes.models import ProbeSpec
 from bot.secrets import read_secret_refs, secret_fields
 from bot.sources.models import SourceSpec
 
@@ -132,6 +133,17 @@ class Policy(Section):
     allow_destructive: bool = False
     tunnel_timeout: float = Field(120.0, ge=0, description="wait this long for Connected")
     tunnel_poll: float = Field(5.0, gt=0)
+    max_resets_per_hour: int = Field(
+        3, ge=0, description="automatic connection resets per site per hour (0 = no limit)"
+    )
+    reset_cooldown: float = Field(
+        300.0, ge=0, description="after a reset, wait this long before resetting again"
+    )
+    reset_on_probe_failure: bool = Field(
+        True,
+        description="reset the connection when a quorum of through-tunnel probes fails while "
+        "Azure says Connected (up but passing nothing)",
+    )
 
 
 class SchedulerConfig(Section):
@@ -171,9 +183,33 @@ class PushConfig(Section):
 class SiteConfig(Section):
     description: str = ""
     push: PushConfig | None = None
+    probes: list[ProbeSpec] = Field(
+        default_factory=list, description="[[sites.NAME.probes]]: health probes of the site"
+    )
+    probe_quorum: int | None = Field(
+        None,
+        ge=1,
+        description="probes that must agree before the site is judged down by its probes "
+        "(default 2 where a site has two or more, else 1)",
+    )
     policy: dict[str, Any] = Field(
         default_factory=dict, description="overrides of [policies] keys for this site"
     )
+
+    @model_validator(mode="after")
+    def _probe_names_unique(self) -> SiteConfig:
+        names = [p.name for p in self.probes]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"probe names must be unique within a site: {', '.join(twice)}")
+        return self
+
+    @property
+    def quorum(self) -> int:
+        """How many probes must fail before the site is judged down by its probes."""
+        if self.probe_quorum is not None:
+            return self.probe_quorum
+        return 2 if len(self.probes) >= 2 else 1
 
     @field_validator("policy")
     @classmethod
@@ -185,6 +221,51 @@ class SiteConfig(Section):
     resource_group: str | None = None
     local_network_gateway: str | None = None
     connection: str | None = None
+
+
+class WatcherConfig(Section):
+    """``[watcher]``: the ARM tunnel watcher (one replica, under the sources' lease)."""
+
+    enabled: bool = True
+    interval: float = Field(300.0, gt=0, description="seconds per sweep of every connection")
+    read_share: float = Field(
+        0.10, gt=0, le=1, description="share of the subscription's ARM read budget to use"
+    )
+    debounce: float = Field(
+        60.0, ge=0, description="a tunnel is reported down after this long not Connected"
+    )
+    idle_sweeps: int = Field(
+        3, ge=1, description="Connected with no bytes moved for this many checks: degraded"
+    )
+
+
+class EntraConfig(Section):
+    """Azure Monitor "secure webhook": validate the Entra bearer token too."""
+
+    issuer: str | list[str]
+    audience: str | list[str]
+    roles: list[str] = ["ActionGroupsSecureWebhook"]
+    jwks_url: str | None = Field(
+        None, description="e.g. https://login.microsoftonline.com/TENANT/discovery/v2.0/keys"
+    )
+    jwks_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _keys(self) -> EntraConfig:
+        if (self.jwks_url is None) == (self.jwks_file is None):
+            raise ValueError("give exactly one of jwks_url or jwks_file")
+        return self
+
+
+class AzureMonitorHook(Section):
+    """``POST /hooks/azure-monitor?token=...`` (served when a token is set)."""
+
+    token: SecretStr | None = None
+    entra: EntraConfig | None = None
+
+
+class HooksConfig(Section):
+    azure_monitor: AzureMonitorHook = AzureMonitorHook()
 
 
 class ChatConfig(Section):
@@ -314,6 +395,8 @@ class Settings(BaseSettings):
     redis: RedisConfig = RedisConfig()
     worker: WorkerConfig = WorkerConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
+    watcher: WatcherConfig = WatcherConfig()
+    hooks: HooksConfig = HooksConfig()
     policies: Policy = Policy()
     sites: dict[SiteName, SiteConfig] = {}
     sources: list[SourceSpec] = []

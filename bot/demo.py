@@ -30,6 +30,7 @@ from bot.embedded import EmbeddedRedis
 from bot.models import RunRecord
 from bot.services import Services
 from bot.sim.arm import start_arm_sim
+from bot.sim.sites import start_sites_sim
 from bot.sim.world import World
 
 SUB = "00000000-0000-0000-0000-00000000d3e0"
@@ -92,6 +93,7 @@ def demo_settings(
     admin_port: int,
     sink: str,
     tunnel_delay: float,
+    probe_ports: dict[str, int] | None = None,
 ) -> Settings:
     sites: dict[str, Any] = {
         s.name: {
@@ -102,6 +104,15 @@ def demo_settings(
         }
         for s in SITES
     }
+    ports = probe_ports or {}
+    if ports:  # the branch's file server and intranet sit behind its tunnel
+        common = {"interval": 1.0, "timeout": 0.5, "fail_after": 2, "recover_after": 1}
+        sites["branch"]["probes"] = [
+            {"name": "fileserver", "kind": "tcp", "target": f"127.0.0.1:{ports['fileserver']}",
+             "through_tunnel": True, **common},
+            {"name": "intranet", "kind": "http", "url": f"http://127.0.0.1:{ports['intranet']}/",
+             "expect": "401", "through_tunnel": True, **common},
+        ]  # fmt: skip
     return load_config(
         None,
         overrides={
@@ -111,6 +122,7 @@ def demo_settings(
                 "tunnel_timeout": tunnel_delay + 3,
                 "tunnel_poll": 0.25,
                 "retry_max_delay": 1,
+                "reset_cooldown": 0,  # a demo: no cool-down between the scenes' resets
             },
             "azure": {
                 "cloud": "sim",
@@ -125,6 +137,8 @@ def demo_settings(
                 "public_url": f"http://127.0.0.1:{admin_port}",
             },
             "notify": [{"kind": "webhook", "url": sink, "name": "demo-sink"}],
+            "watcher": {"interval": 2.0, "debounce": 1.0, "read_share": 1.0},
+            "scheduler": {"tick": 0.5},
             "security": {"journal_key": Fernet.generate_key().decode()},
             "log": {"level": "WARNING"},
             "sites": sites,
@@ -191,6 +205,27 @@ async def run_demo(console: Console, changes: int, tunnel_delay: float, state_di
     admin_port = _free_port()
     stop = asyncio.Event()
     embedded = EmbeddedRedis(state_dir)
+    routes = Routes(world)
+    responders = await start_sites_sim(
+        {
+            "sites": [
+                {
+                    "name": "branch",
+                    "responders": [
+                        {"name": "fileserver", "kind": "tcp", "behind_tunnel": True},
+                        {
+                            "name": "intranet",
+                            "kind": "http",
+                            "status": 401,
+                            "body": "Unauthorized",
+                            "behind_tunnel": True,
+                        },
+                    ],
+                }
+            ]
+        }
+    )
+    responders.tie("branch", routes.up)
     try:
         redis_url = await embedded.start()
         async with _serve(sink_app) as sink_port:
@@ -201,6 +236,7 @@ async def run_demo(console: Console, changes: int, tunnel_delay: float, state_di
                 admin_port,
                 f"http://127.0.0.1:{sink_port}/hook",
                 tunnel_delay,
+                responders.ports["branch"],
             )
             console.print(
                 f"[bold]tunnelwarden demo[/bold]: ARM simulator on 127.0.0.1:{sim_port}, "
@@ -212,6 +248,7 @@ async def run_demo(console: Console, changes: int, tunnel_delay: float, state_di
                     redis_url=redis_url,
                     worker=True,
                     http=True,
+                    sources=True,
                     stop=stop,
                     handle_signals=False,
                 )
@@ -222,15 +259,96 @@ async def run_demo(console: Console, changes: int, tunnel_delay: float, state_di
                 plan = _scenario(changes)
                 for change in plan:
                     await _play(console, world, services, http_port, change)
+                drop = await _tunnel_drop(console, world, services)
+                probe = await _nothing_passes(console, world, services, routes)
                 stop.set()
                 await bot
                 _summary(console, plan, sink, world)
                 ok = all(c.record is not None and c.record.outcome == "ok" for c in plan)
-                return 0 if ok else 1
+                return 0 if ok and drop and probe else 1
     finally:
         stop.set()
+        await responders.close()
         await sim_runner.cleanup()
         await embedded.stop()
+
+
+@dataclass
+class Routes:
+    """Whether the branch's network behind its tunnel is reachable: only while the tunnel
+    is Connected, and not while its routes are broken (until the connection is reset)."""
+
+    world: World
+    broken_at_writes: int | None = None
+
+    def writes(self) -> int:
+        return int(self.world.counters.totals().writes)
+
+    def up(self) -> bool:
+        if self.broken_at_writes is not None and self.writes() > self.broken_at_writes:
+            self.broken_at_writes = None  # the reset put the routes back
+        connected = self.world.connection_status("conn-branch") == "Connected"
+        return connected and self.broken_at_writes is None
+
+
+async def _tunnel_drop(console: Console, world: World, services: Services) -> bool:
+    """Nobody pushes anything: the tunnel just drops. The ARM watcher notices it."""
+    console.rule("home: the tunnel drops, nobody tells the bot")
+    world.drop_tunnel("conn-home", cleared_by=["reset_connection"])
+    console.print("  [yellow]world[/yellow] tunnel conn-home dropped (comes back on a reset)")
+    record = await _wait_record(services, "home", time.time() - 1)
+    if record is None:
+        console.print("  [red]no run within 60s[/red]")
+        return False
+    steps = " → ".join(f"{p.playbook} ({p.outcome})" for p in record.playbooks)
+    console.print(f"  [magenta]event[/magenta] {record.event_type} from {record.event_source}")
+    console.print(f"  [blue]playbooks[/blue] {steps}")
+    colour = "green" if record.outcome == "ok" else "red"
+    console.print(
+        f"  [{colour}]done[/{colour}]  {record.outcome}; tunnel conn-home "
+        f"{world.connection_status('conn-home')}"
+    )
+    return record.outcome == "ok"
+
+
+async def _nothing_passes(
+    console: Console, world: World, services: Services, routes: Routes
+) -> bool:
+    """Azure says Connected, but nothing passes the branch's tunnel: its probes notice."""
+    console.rule("branch: Azure says Connected, but nothing passes the tunnel")
+    for _ in range(100):  # the probes have seen the branch up once
+        if (await services.state.site_state("branch")).get("probe.intranet.state") == "up":
+            break
+        await asyncio.sleep(0.1)
+    routes.broken_at_writes = routes.writes()
+    world.set_idle("conn-branch")
+    console.print(
+        "  [yellow]world[/yellow] the branch's routes are gone; probes fileserver (tcp) and "
+        "intranet (https, expects 401) sit behind the tunnel"
+    )
+    record = await _wait_record(services, "branch", time.time() - 1)
+    world.set_idle("conn-branch", False)
+    if record is None:
+        console.print("  [red]no reset within 60s[/red]")
+        return False
+    console.print(f"  [magenta]why[/magenta]   {escape(record.reason)}")
+    colour = "green" if record.outcome == "ok" else "red"
+    console.print(f"  [{colour}]done[/{colour}]  {record.outcome}; the probes answer again")
+    return record.outcome == "ok"
+
+
+async def _wait_record(services: Services, site: str, after: float) -> RunRecord | None:
+    """The first run of ``site`` since ``after`` that reset the connection (a hint that found
+    the site busy is folded into the next reconcile, so the event type may be any)."""
+    for _ in range(600):
+        for record in reversed(await services.state.history(site, 10)):
+            if record.started_at < after:
+                continue
+            if any(p.playbook == "reset-connection" for p in record.playbooks):
+                await asyncio.sleep(0.3)  # let the chat message land
+                return record
+        await asyncio.sleep(0.1)
+    return None
 
 
 def _scenario(changes: int) -> list[Change]:

@@ -123,6 +123,7 @@ async def redis_persistence(services: Services) -> str:
 
 def create_public_app(services: Services) -> web.Application:
     """The listener that may face the internet: router push (and later hooks and chat)."""
+    from bot.sources.hooks import add_hook_routes
     from bot.sources.push import add_push_routes
     from bot.sources.report import IpReporter
 
@@ -131,6 +132,7 @@ def create_public_app(services: Services) -> web.Application:
     app[SERVICES] = services
     reporter = IpReporter(services, allow_documentation=settings.allow_documentation_ips)
     add_push_routes(app, settings, reporter)
+    add_hook_routes(app, services)
     return app
 
 

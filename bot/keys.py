@@ -82,6 +82,14 @@ class Keys:
         """Set of run ids started and not yet recorded."""
         return f"{self._site(site)}:active"
 
+    def probe(self, site: str, name: str) -> str:
+        """Stream (capped): one entry per result of the site's probe ``name``."""
+        return f"{self._site(site)}:probe:{name}"
+
+    def alert(self, digest: str) -> str:
+        """An alert already accepted (de-duplication of Azure Monitor's retries)."""
+        return f"{self.prefix}:{{events}}:alert:{digest}"
+
     def changes(self, site: str) -> str:
         """Sorted set of applied changes (member = run id, score = time), for rate limits."""
         return f"{self._site(site)}:changes"

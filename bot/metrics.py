@@ -62,6 +62,25 @@ class Metrics:
             ["mode"],
             registry=r,
         )
+        self.probe_up = Gauge(
+            "tunnelwarden_probe_up",
+            "1 if the probe's last result was ok",
+            ["site", "probe"],
+            registry=r,
+        )
+        self.probe_latency = Histogram(
+            "tunnelwarden_probe_latency_seconds",
+            "Probe round trip",
+            ["site", "probe"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.tunnel_up = Gauge(
+            "tunnelwarden_tunnel_up",
+            "1 while the ARM watcher last saw the site's connection Connected",
+            ["site"],
+            registry=r,
+        )
         self.queue_lag = Gauge(
             "tunnelwarden_queue_lag", "Entries not yet delivered to any worker", registry=r
         )

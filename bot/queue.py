@@ -200,6 +200,21 @@ class EventQueue:
         dead_id, *_ = await pipe.execute()
         return _text(dead_id)
 
+    async def dead_letter_raw(self, source: str, raw: str, reason: str) -> str:
+        """Keep something that never became an event (an HTTP body a hook could not read),
+        with the reason, beside the stream's dead letters."""
+        record = {
+            "entry_id": source,
+            "reason": reason[:2000],
+            "deliveries": "0",
+            "dead_at": f"{time.time():.3f}",
+            "raw": json.dumps({"body": raw[:16384]}),
+        }
+        dead_id = await self.redis.xadd(
+            self.keys.dead, as_fields(record), maxlen=self.dead_maxlen, approximate=True
+        )
+        return _text(dead_id)
+
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         rows = _entries(await self.redis.xrevrange(self.keys.dead, count=limit))
         out = []

@@ -262,7 +262,7 @@ class Runner:
                 attempt = int(view.state.get("reconcile.attempt", "0") or 0) + 1
                 asked = failed.retry_after if failed else None
                 delay = backoff(attempt, policy.retry_base_delay, policy.retry_max_delay, asked)
-                when = now + delay
+                when = max(now + delay, decision.retry_at or 0.0)  # e.g. a reset cool-down
                 updates["reconcile.status"] = "retrying"
                 updates["reconcile.attempt"] = str(attempt)
                 updates["reconcile.not_before"] = f"{now + (asked or 0):.3f}" if asked else None

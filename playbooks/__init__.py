@@ -10,6 +10,7 @@ from playbooks.base import Playbook
 def builtin() -> dict[str, Playbook[Any]]:
     """Name → playbook instance, for every playbook this build ships."""
     from playbooks.azure.connection import ResetConnection, VerifyTunnel
+    from playbooks.azure.gateway import ResetGateway
     from playbooks.azure.local_gateway import RecreateConnection, UpdateLocalGateway
     from playbooks.notify import Notify
     from playbooks.testing import Noop, Sleep
@@ -18,6 +19,7 @@ def builtin() -> dict[str, Playbook[Any]]:
         UpdateLocalGateway(),
         RecreateConnection(),
         ResetConnection(),
+        ResetGateway(),
         VerifyTunnel(),
         Notify(),
         Noop(),

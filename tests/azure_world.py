@@ -95,6 +95,13 @@ def world() -> World:
 
 
 def azure_settings(prefix: str, tmp_path: Path, port: int, **overrides: Any) -> Settings:
+    """Settings for the one-site world; ``sites={"home": {...}}`` adds keys to site home."""
+    home = {
+        "resource_group": RG,
+        "local_network_gateway": "lng-home",
+        "connection": "conn-home",
+        **overrides.pop("sites", {}).get("home", {}),
+    }
     return make_settings(
         prefix,
         tmp_path,
@@ -106,13 +113,7 @@ def azure_settings(prefix: str, tmp_path: Path, port: int, **overrides: Any) -> 
             "retry_backoff_factor": 0.01,
             "settle_timeout": 20,
         },
-        sites={
-            "home": {
-                "resource_group": RG,
-                "local_network_gateway": "lng-home",
-                "connection": "conn-home",
-            }
-        },
+        sites={"home": home},
         security={"journal_key": Fernet.generate_key().decode()},
         **overrides,
     )

@@ -36,6 +36,14 @@ def test_demo_plays_ip_changes_end_to_end(tmp_path: Path) -> None:
     assert "lng lng-home gatewayIpAddress: 198.51.100.10 -> 203.0.113.10" in out
     assert "playbook reset-connection: ok" in out  # the third change needed a reset
     assert "chat home: new public IP 203.0.113.12 applied, tunnel back" in out
-    assert "3/3 changes applied; 3 chat message(s) delivered" in out
+    assert "3/3 changes applied;" in out
     assert "Tunnels now: home Connected, branch Connected" in out
+    # Nobody says the tunnel dropped: the ARM watcher notices, a reset heals it.
+    drop = out[out.index("the tunnel drops, nobody tells the bot") :]
+    assert "chat home: tunnel was down; a reset brought it back" in drop
+    assert "reset-connection (ok)" in drop
+    # Azure says Connected, nothing passes: the probes behind the tunnel notice.
+    probe = out[out.index("nothing passes the tunnel") :]
+    assert "chat branch: nothing passed the tunnel; a reset brought it back" in probe
+    assert "fail through the tunnel (2 of quorum 2): reset" in probe
     assert any((tmp_path / "state").glob("appendonly*")), "the private Redis kept no data"

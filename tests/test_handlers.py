@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from bot.config import Policy, SiteConfig
 from bot.events import Event
 from bot.models import Change, PlaybookResult, RunRecord
 from handlers.base import SiteView
-from handlers.site import IpChanged, Reconcile, decide, describe, remember
+from handlers.site import IpChanged, ProbeHint, Reconcile, TunnelHint, decide, describe, remember
 
 AZURE = SiteConfig(resource_group="rg", local_network_gateway="lng", connection="conn")
 DESIRED = {"ip.v4": "203.0.113.7", "ip.v4.seq": "3", "ip.v4.previous": "198.51.100.4"}
@@ -150,7 +152,9 @@ def test_a_failure_is_told_once_per_incident_with_the_next_step() -> None:
     assert "recreate-connection --site home --param ip=203.0.113.7" in (note.next_step or "")
     assert "--confirm-destructive" in (note.next_step or "")
     opened = remember(event, data, failed, view())
-    assert opened == {"incident.key": "reset-connection:VerifyFailed", "incident.since": "100.000"}
+    assert opened["incident.key"] == "reset-connection:VerifyFailed"
+    assert opened["incident.since"] == "100.000"
+    assert opened["reset.times"] == "130.000", "a reset was sent: it counts for the limits"
     again = view(state={**DESIRED, **{k: v for k, v in opened.items() if v}})
     assert describe(event, data, failed, None, again) is None, "retries must not spam"
     assert remember(event, data, failed, again)["incident.since"] == "100.000"
@@ -172,10 +176,8 @@ def test_recovery_and_changes_are_told_and_close_the_incident() -> None:
     back = describe(event, data, record("no_changes"), None, incident)
     assert back is not None and back.title == "home: converged again, tunnel Connected"
     assert {f.name: f.value for f in back.facts}["Tunnel down for"] == "120.0s"
-    assert remember(event, data, record("no_changes"), incident) == {
-        "incident.key": None,
-        "incident.since": None,
-    }
+    closed = remember(event, data, record("no_changes"), incident)
+    assert closed["incident.key"] is None and closed["incident.since"] is None
 
 
 def test_a_held_change_is_told_once_per_window() -> None:
@@ -187,3 +189,93 @@ def test_a_held_change_is_told_once_per_window() -> None:
     assert note is not None and "held by the rate limit until" in note.title
     told = view(state={**DESIRED, "held.until": f"{until:.3f}"})
     assert describe(event, data, held, None, told) is None
+
+
+async def test_resets_are_held_by_their_cool_down_and_hourly_limit() -> None:
+    event = Event.new("tunnel.down", "home", source="arm-watcher")
+    data = TunnelHint(status="NotConnected")
+    now = time.time()
+    fresh = await decide(event, data, view(state={**DESIRED, "reset.times": f"{now - 10:.3f}"}))
+    names = [c.name for c in fresh.playbooks]
+    assert names == ["update-local-gateway", "verify-tunnel"], "no reset in the cool-down"
+    assert fresh.retry_at == pytest.approx(now - 10 + 300, abs=1)
+    assert "resets held until" in fresh.reason and "cool-down" in fresh.reason
+    many = " ".join(f"{now - 3000 + i * 400:.3f}" for i in range(3))
+    limited = await decide(event, data, view(state={**DESIRED, "reset.times": many}))
+    assert limited.retry_at == pytest.approx(now - 3000 + 3600, abs=1)
+    assert "3 resets in the last hour" in limited.reason
+    old = f"{now - 4000:.3f}"
+    free = await decide(event, data, view(state={**DESIRED, "reset.times": old}))
+    assert free.playbooks[1].on_failure[0].name == "reset-connection"
+
+
+async def test_a_quorum_of_failing_through_tunnel_probes_forces_a_reset() -> None:
+    probes = [
+        {"name": n, "kind": "tcp", "target": "10.0.0.4:1688", "through_tunnel": through}
+        for n, through in (("kms", True), ("dns", True), ("portal", False))
+    ]
+    config = SiteConfig.model_validate(
+        {
+            "resource_group": "rg",
+            "local_network_gateway": "lng",
+            "connection": "c",
+            "probes": probes,
+        }
+    )
+    event = Event.new("probe.failed", "home", source="probes")
+    data = ProbeHint(probe="kms", through_tunnel=True)
+    one = view(config=config, state={**DESIRED, "probe.kms.state": "down"})
+    assert [c.name for c in (await decide(event, data, one)).playbooks] == [
+        "update-local-gateway",
+        "verify-tunnel",
+    ], "one probe of a quorum of 2: only the usual check"
+    two = view(
+        config=config,
+        state={**DESIRED, "probe.kms.state": "down", "probe.dns.state": "down"},
+    )
+    forced = await decide(event, data, two)
+    reset = forced.playbooks[1]
+    assert (reset.name, reset.params["force"]) == ("reset-connection", True)
+    assert "kms, dns fail through the tunnel" in forced.reason
+    off = view(config=config, state=two.state, policy=Policy(reset_on_probe_failure=False))
+    assert all(c.name != "reset-connection" for c in (await decide(event, data, off)).playbooks)
+
+
+async def test_destructive_escalation_recreates_then_resets_the_gateway() -> None:
+    event = Event.new("tunnel.down", "home", source="arm-watcher")
+    decision = await decide(event, TunnelHint(), view(policy=Policy(allow_destructive=True)))
+    reset = decision.playbooks[1].on_failure[0]
+    recreate, verify = reset.on_failure
+    assert recreate.name == "recreate-connection"
+    gateway, last = verify.on_failure
+    assert (gateway.name, last.name) == ("reset-gateway", "verify-tunnel")
+
+
+def test_drops_close_together_are_one_flapping_episode_told_once() -> None:
+    event = Event.new("tunnel.down", "home", source="arm-watcher")
+    data = TunnelHint(status="NotConnected")
+    healed = record(
+        "ok",
+        PlaybookResult(playbook="verify-tunnel", outcome="failed"),
+        PlaybookResult(
+            playbook="reset-connection",
+            outcome="ok",
+            changes=[Change(target="connection c", field="reset", old="NotConnected", new="reset")],
+        ),
+    )
+    first = remember(event, data, healed, view())
+    assert first["flap.count"] == "1"
+    assert describe(event, data, healed, None, view()) is not None, "the first drop is told"
+    during = view(state={**DESIRED, **{k: v for k, v in first.items() if v}})
+    healed.finished_at = float(first["flap.last"]) + 60  # another drop a minute later
+    second = remember(event, data, healed, during)
+    assert second["flap.count"] == "2"
+    assert describe(event, data, healed, None, during) is None, "summed up later, not told"
+    quiet = view(state={**DESIRED, **{k: v for k, v in {**first, **second}.items() if v}})
+    later = record("no_changes")
+    later.finished_at = float(second["flap.last"]) + 1000
+    summary = describe(Event.new("site.reconcile", "home", source="scheduler"), Reconcile(),
+                       later, None, quiet)  # fmt: skip
+    assert summary is not None and summary.title == "home: tunnel stable again after 2 drops"
+    cleared = remember(Event.new("site.reconcile", "home", source="s"), Reconcile(), later, quiet)
+    assert cleared["flap.count"] is None

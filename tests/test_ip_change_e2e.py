@@ -87,8 +87,11 @@ async def running_bot(
     sources: list[dict[str, Any]] | None = None,
     scheduler: dict[str, Any] | None = None,
     worker: bool = True,
+    more: dict[str, Any] | None = None,
     **policy: Any,
 ) -> AsyncIterator[Bot]:
+    """The bot as `tunnelwarden run` assembles it, on the simulated world; ``more`` adds
+    config sections (``{"watcher": {...}}``), ``policy`` overrides [policies] keys."""
     w = world()
     sim_runner, sim_port = await start_arm_sim(w)
     port = free_port()
@@ -110,6 +113,7 @@ async def running_bot(
         },
         sources=sources or [],
         scheduler={"tick": 0.1, **(scheduler or {})},
+        **{"watcher": {"enabled": False}, **(more or {})},
     )
     settings.sites["home"].push = (
         type(settings.sites["home"])

@@ -878,11 +878,54 @@ async def start_sites_sim(
     return sim
 
 
-async def main(
-    host: str = "127.0.0.1", port: int = 0, config_path: str | Path | None = None
+async def follow_arm(
+    sim: SitesSim, arm_url: str, ties: Mapping[str, str], every: float = 0.5
 ) -> None:
-    """Run the responders until cancelled (entry point for ``tunnelwarden sim sites``)."""
+    """Tie each ``site`` to ``connection`` of the ARM simulator at ``arm_url``: its
+    behind-the-tunnel responders are up only while that connection reports Connected
+    (read from ``/_sim/tunnels/detail``, which costs no ARM budget). Runs until cancelled."""
+    import aiohttp
+
+    status: dict[str, str] = {}
+
+    def up(connection: str) -> Callable[[], bool]:
+        return lambda: status.get(connection.lower()) == "Connected"
+
+    for site, connection in ties.items():
+        sim.tie(site, up(connection))
+    url = f"{arm_url.rstrip('/')}/_sim/tunnels/detail"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+        while True:
+            try:
+                async with http.get(url) as resp:
+                    rows = await resp.json()
+                status.clear()
+                status.update(
+                    {
+                        str(r["id"]).rsplit("/", 1)[-1].lower(): str(r["connectionStatus"])
+                        for r in rows
+                    }
+                )
+            except Exception as exc:  # ARM simulator away: everything behind a tunnel is down
+                status.clear()
+                log.warning("sites: cannot read tunnels from %s: %s", url, exc)
+            await asyncio.sleep(every)
+
+
+async def main(
+    host: str = "127.0.0.1",
+    port: int = 0,
+    config_path: str | Path | None = None,
+    *,
+    arm_url: str | None = None,
+    ties: Mapping[str, str] | None = None,
+) -> None:
+    """Run the responders until cancelled (entry point for ``tunnelwarden sim sites``);
+    with ``arm_url``, ``ties`` (site -> connection) follow that ARM simulator's tunnels."""
     sim = await start_sites_sim(config_path, host=host, control_port=port)
+    follower = (
+        asyncio.create_task(follow_arm(sim, arm_url, ties or {})) if arm_url and ties else None
+    )
     try:
         for responder in sim:
             spec = responder.spec
@@ -899,6 +942,10 @@ async def main(
                 flush=True,
             )
         print(f"site responders control API on {sim.control_url}/responders", flush=True)
+        for site, connection in (ties or {}).items():
+            print(f"{site}: behind-the-tunnel responders follow {connection} at {arm_url}")
         await asyncio.Event().wait()
     finally:
+        if follower is not None:
+            follower.cancel()
         await sim.close()

@@ -222,3 +222,34 @@ async def test_main_serves_a_toml_config(
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_responders_follow_a_connection_of_the_arm_simulator() -> None:
+    """``tunnelwarden sim sites --arm URL --tie home=conn-home``: behind-the-tunnel responders
+    are down while the ARM simulator's connection is not Connected."""
+    import asyncio
+
+    from bot.probes import parse_probe, probe
+    from bot.sim.arm import start_arm_sim
+    from bot.sim.sites import follow_arm, start_sites_sim
+    from tests.azure_world import world
+
+    w = world()
+    arm, arm_port = await start_arm_sim(w)
+    kms = {"name": "kms", "kind": "tcp", "behind_tunnel": True}
+    sim = await start_sites_sim({"sites": [{"name": "home", "responders": [kms]}]})
+    follower = asyncio.create_task(
+        follow_arm(sim, f"http://127.0.0.1:{arm_port}", {"home": "conn-home"}, every=0.05)
+    )
+    target = f"127.0.0.1:{sim.port('home', 'kms')}"
+    spec = parse_probe({"name": "kms", "kind": "tcp", "target": target, "timeout": 0.5})
+    try:
+        await asyncio.sleep(0.3)
+        assert (await probe(spec)).ok, "tunnel Connected: the target answers"
+        w.drop_tunnel("conn-home")
+        await asyncio.sleep(0.5)
+        assert not (await probe(spec)).ok, "tunnel down: the target behind it is gone"
+    finally:
+        follower.cancel()
+        await sim.close()
+        await arm.cleanup()
