@@ -16,7 +16,7 @@ import re
 import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -38,6 +38,7 @@ from bot.events import SITE_PATTERN
 from bot.probes.models import ProbeSpec
 from bot.secrets import read_secret_refs, secret_fields
 from bot.sources.models import SourceSpec
+from bot.damping import DampingConfig
 
 ENV_PREFIX = "TUNNELWARDEN_"
 SITE_NAME = re.compile(SITE_PATTERN)
@@ -180,6 +181,176 @@ class PushConfig(Section):
         return [self.hostname] if isinstance(self.hostname, str) else list(self.hostname)
 
 
+DEVICE_NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+
+
+class DeviceBase(Section):
+    """``[[sites.NAME.devices]]``: the site's own end of the tunnel, reached over its API."""
+
+    name: str = Field(pattern=DEVICE_NAME, description="how playbooks name it (device=NAME)")
+    url: str = Field(description="https://host[:port]; plain http only to 127.0.0.1 or ::1")
+    username: str | None = None
+    password: SecretStr | None = None
+    ca_file: Path | None = Field(None, description="PEM bundle to trust (self-signed appliances)")
+    verify_tls: bool = True
+    timeout: float = Field(30.0, gt=0, le=600)
+
+    @field_validator("url")
+    @classmethod
+    def _usable_url(cls, value: str) -> str:
+        from playbooks.devices.common import DeviceConfigError, check_url
+
+        try:
+            check_url(value)
+        except DeviceConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return value.rstrip("/")
+
+    @field_validator("ca_file")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a readable file")
+        return value
+
+
+class SonicWallDevice(DeviceBase):
+    kind: Literal["sonicwall"]
+    policy: str = Field(min_length=1, max_length=64, description="the site-to-site policy's name")
+    auth: Literal["basic", "digest"] = "basic"
+    override: bool = Field(
+        False,
+        description="log in with override, ending any administrator's session (loses their "
+        "unsaved work): only for appliances nobody configures by hand",
+    )
+
+    @model_validator(mode="after")
+    def _credentials(self) -> Self:
+        if not self.username or self.password is None:
+            raise ValueError("a sonicwall device needs username and password (password_env)")
+        return self
+
+
+class BarracudaDevice(DeviceBase):
+    kind: Literal["barracuda"]
+    token: SecretStr | None = Field(None, description="X-API-Token (or username + password)")
+    service: str = Field("VPN", min_length=1, max_length=64, description="the VPN service")
+
+    @model_validator(mode="after")
+    def _credentials(self) -> Self:
+        if self.token is None and (not self.username or self.password is None):
+            raise ValueError("a barracuda device needs token, or username and password")
+        return self
+
+
+class KempDevice(DeviceBase):
+    kind: Literal["kemp"]
+    api_key: SecretStr | None = Field(None, description="API key (or username + password)")
+    api: Literal["v1", "v2"] = Field("v1", description="v1: /access/* (XML), v2: /accessv2")
+    virtual_service: str | None = Field(None, description="VIP of the farm's virtual service")
+    vs_port: int | None = Field(None, ge=1, le=65535)
+    protocol: Literal["tcp", "udp"] = "udp"
+
+    @model_validator(mode="after")
+    def _credentials(self) -> Self:
+        if self.api_key is None and (not self.username or self.password is None):
+            raise ValueError("a kemp device needs api_key, or username and password")
+        if (self.virtual_service is None) != (self.vs_port is None):
+            raise ValueError("give virtual_service and vs_port together")
+        return self
+
+
+class RrasDevice(DeviceBase):
+    """Windows RRAS over WinRM HTTPS (``url`` = https://host:5986) with a JEA endpoint."""
+
+    kind: Literal["rras"]
+    interface: str = Field(min_length=1, max_length=64, description="the S2S interface's name")
+    auth: Literal["negotiate", "ntlm", "kerberos", "credssp"] = "negotiate"
+    configuration_name: str = Field("TunnelWarden", description="the JEA endpoint")
+    recording: Path | None = Field(
+        None,
+        description="replay recorded Get-VpnS2SInterface objects from this JSON file instead "
+        "of WinRM (demos and tests; no PSRP server needed)",
+    )
+
+    @model_validator(mode="after")
+    def _credentials(self) -> Self:
+        if self.recording is None and (not self.username or self.password is None):
+            raise ValueError("an rras device needs username and password (password_env)")
+        return self
+
+
+DeviceSpec = Annotated[
+    SonicWallDevice | BarracudaDevice | KempDevice | RrasDevice, Field(discriminator="kind")
+]
+
+
+class TrafficManagerConfig(Section):
+    """``[sites.NAME.traffic_manager]``: the site's endpoint in an Azure Traffic Manager
+    profile (multisite AOVPN/DirectAccess): taken out of rotation and put back."""
+
+    resource_group: str = Field(min_length=1, max_length=90)
+    profile: str = Field(min_length=1, max_length=63)
+    endpoint: str = Field(min_length=1, max_length=260)
+    endpoint_type: Literal["ExternalEndpoints", "AzureEndpoints", "NestedEndpoints"] = (
+        "ExternalEndpoints"
+    )
+
+
+class FailoverConfig(Section):
+    """``[sites.NAME.failover]``: two paths, the probes that judge them, who acts.
+
+    The device fails over by itself (dead peer detection); the bot keeps it from flapping back
+    to a half-up primary and fails back when, and only when, the primary is stable
+    (``damping``, research §C5).
+    """
+
+    actor: Literal["sonicwall", "kemp", "traffic-manager"] = Field(
+        description="sonicwall: preempt secondary gateway; kemp: the primary real server; "
+        "traffic-manager: the site's endpoint"
+    )
+    device: str | None = Field(
+        None, description="the acting device's name, when the site has several of its kind"
+    )
+    primary: str = Field(
+        min_length=1,
+        max_length=260,
+        description="sonicwall: the policy's primary gateway address; kemp: the primary real "
+        "server's address; traffic-manager: a label (the site's endpoint acts)",
+    )
+    secondary: str = Field(min_length=1, max_length=260)
+    primary_probes: list[str] = Field(min_length=1, description="probes that judge the primary")
+    secondary_probes: list[str] = Field(
+        default_factory=list,
+        description="probes that judge the secondary (no failover to a dead one)",
+    )
+    quorum: int | None = Field(
+        None, ge=1, description="failing primary probes that judge it down (default min(2, n))"
+    )
+    interval: float | None = Field(
+        None, gt=0, description="seconds between samples of a path (default: its probes' least)"
+    )
+    preempt_interval: int = Field(
+        60, ge=1, le=86400, description="sonicwall: preempt interval set while failing back"
+    )
+    verify_timeout: float = Field(
+        180.0, gt=0, le=3600, description="how long a failback waits to see traffic on primary"
+    )
+    damping: DampingConfig = DampingConfig()
+
+    @property
+    def primary_quorum(self) -> int:
+        return self.quorum if self.quorum is not None else min(2, len(self.primary_probes))
+
+    @model_validator(mode="after")
+    def _quorum_fits(self) -> Self:
+        if self.quorum is not None and self.quorum > len(self.primary_probes):
+            raise ValueError(
+                f"quorum {self.quorum} is more than the {len(self.primary_probes)} primary probes"
+            )
+        return self
+
+
 class SiteConfig(Section):
     description: str = ""
     push: PushConfig | None = None
@@ -195,14 +366,58 @@ class SiteConfig(Section):
     policy: dict[str, Any] = Field(
         default_factory=dict, description="overrides of [policies] keys for this site"
     )
+    devices: list[DeviceSpec] = Field(
+        default_factory=list, description="[[sites.NAME.devices]]: the site's own devices"
+    )
+    traffic_manager: TrafficManagerConfig | None = None
+    failover: FailoverConfig | None = None
 
     @model_validator(mode="after")
     def _probe_names_unique(self) -> SiteConfig:
-        names = [p.name for p in self.probes]
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            raise ValueError(f"probe names must be unique within a site: {', '.join(twice)}")
+        for what, names in (
+            ("probe", [p.name for p in self.probes]),
+            ("device", [d.name for d in self.devices]),
+        ):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise ValueError(f"{what} names must be unique within a site: {', '.join(twice)}")
         return self
+
+    @model_validator(mode="after")
+    def _failover_fits(self) -> SiteConfig:
+        fo = self.failover
+        if fo is None:
+            return self
+        probes = {p.name for p in self.probes}
+        unknown = [n for n in (*fo.primary_probes, *fo.secondary_probes) if n not in probes]
+        if unknown:
+            raise ValueError(f"failover: unknown probes {', '.join(unknown)} (not in probes)")
+        if fo.actor == "traffic-manager":
+            if self.traffic_manager is None:
+                raise ValueError("failover.actor = 'traffic-manager' needs [traffic_manager]")
+        else:
+            self.device_for(fo.actor, fo.device, where="failover")
+        return self
+
+    def device_for(self, kind: str, name: str | None = None, *, where: str = "") -> DeviceSpec:
+        """The site's device of ``kind`` (named ``name`` when it has several); ValueError
+        with a one-line reason otherwise."""
+        here = f"{where}: " if where else ""
+        found = [d for d in self.devices if d.kind == kind]
+        if name is not None:
+            named = [d for d in self.devices if d.name == name]
+            if not named:
+                known = ", ".join(d.name for d in self.devices) or "none"
+                raise ValueError(f"{here}no device named {name!r} (devices: {known})")
+            if named[0].kind != kind:
+                raise ValueError(f"{here}device {name!r} is a {named[0].kind}, not a {kind}")
+            return named[0]
+        if not found:
+            raise ValueError(f"{here}no {kind} device in [[devices]]")
+        if len(found) > 1:
+            names = ", ".join(d.name for d in found)
+            raise ValueError(f"{here}several {kind} devices ({names}): name one (device=NAME)")
+        return found[0]
 
     @property
     def quorum(self) -> int:
@@ -442,6 +657,10 @@ class Settings(BaseSettings):
                 pairs.append((site.push.username, site.push.password.get_secret_value()))
         if self.redis.username and self.redis.password is not None:
             pairs.append((self.redis.username, self.redis.password.get_secret_value()))
+        for site in self.sites.values():
+            for device in site.devices:
+                if device.username and device.password is not None:
+                    pairs.append((device.username, device.password.get_secret_value()))
         for source in self.sources:
             user = getattr(source, "username", None)
             password = getattr(source, "password", None)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import pytest
 from pydantic import ValidationError
 
-from handlers.damping import (
+from bot.damping import (
     Action,
     DampingConfig,
     DampingState,
