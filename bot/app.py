@@ -50,7 +50,9 @@ def build_worker(services: Services, name: str | None = None) -> Worker:
 
 
 def source_pollers(services: Services, session: aiohttp.ClientSession) -> list[Poller]:
-    """Every source that polls: IP pollers, the ARM tunnel watcher, each site's probes."""
+    """Every source that polls: IP pollers, the ARM tunnel watcher, each site's probes and
+    failover paths."""
+    from bot.sources.paths import PathPoller, path_probes
     from bot.sources.pollers import build_pollers
     from bot.sources.probing import ProbePoller
     from bot.sources.report import IpReporter
@@ -63,7 +65,10 @@ def source_pollers(services: Services, session: aiohttp.ClientSession) -> list[P
     if settings.watcher.enabled and watcher.sites and settings.azure.subscription_id:
         pollers.append(watcher)
     for name, site in settings.sites.items():
-        pollers += [ProbePoller(services, name, spec) for spec in site.probes]
+        on_paths = path_probes(site)  # run by the site's path sampler instead
+        pollers += [ProbePoller(services, name, s) for s in site.probes if s.name not in on_paths]
+        if site.failover is not None:
+            pollers.append(PathPoller(services, name, site))
     return pollers
 
 

@@ -1,8 +1,10 @@
-"""The Azure side: which cloud, which credential, and the one network client a process shares.
+"""The Azure side: which cloud, which credential, and the clients a process shares (network,
+Traffic Manager).
 
-In ``sim`` mode the real ``azure-mgmt-network`` aio client talks to the local ARM simulator
-with a fixed token; otherwise ``DefaultAzureCredential`` (managed identity, workload identity,
-environment, Azure CLI) against the public or a sovereign cloud.
+In ``sim`` mode the real ``azure-mgmt-network`` / ``azure-mgmt-trafficmanager`` aio clients talk
+to the local ARM simulator with a fixed token; otherwise ``DefaultAzureCredential`` (managed
+identity, workload identity, environment, Azure CLI) against the public or a sovereign cloud.
+Both clients share the credential, the retry settings and the fencing below.
 
 Retries have one owner per layer: azure-core's ``RetryPolicy`` owns HTTP retries (408, 429,
 500, 502, 503, 504 and connection errors, honouring ``Retry-After`` in full; note that it
@@ -30,6 +32,7 @@ from bot.state import fence_check
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
     from azure.mgmt.network.aio import NetworkManagementClient
+    from azure.mgmt.trafficmanager.aio import TrafficManagerManagementClient
 
 
 class FencePolicy(AsyncHTTPPolicy):  # type: ignore[type-arg]
@@ -42,11 +45,12 @@ class FencePolicy(AsyncHTTPPolicy):  # type: ignore[type-arg]
 
 
 class AzureClients:
-    """Builds the network client on first use (the SDK import is heavy) and closes it."""
+    """Builds each client on first use (the SDK imports are heavy) and closes them."""
 
     def __init__(self, cfg: AzureConfig) -> None:
         self.cfg = cfg
         self._client: NetworkManagementClient | None = None
+        self._tm: TrafficManagerManagementClient | None = None
         self._credential: AsyncTokenCredential | None = None
         self._guard = asyncio.Lock()
 
@@ -59,32 +63,67 @@ class AzureClients:
                 self._client = self._build()
             return self._client
 
-    def _build(self) -> NetworkManagementClient:
+    async def traffic_manager(self) -> TrafficManagerManagementClient:
+        async with self._guard:
+            if self._tm is None:
+                await asyncio.to_thread(importlib.import_module, "azure.mgmt.trafficmanager.aio")
+                self._tm = self._build_traffic_manager()
+            return self._tm
+
+    def _options(self) -> dict[str, Any]:
+        """What every client gets: azure-core's retry settings, timeouts and, per retry, the
+        fence check (a policy instance per client: a pipeline links its policies)."""
         cfg = self.cfg
         if not cfg.subscription_id:
             from bot.retry import PermanentError
 
             raise PermanentError("azure.subscription_id is not configured", "NotConfigured")
-        options: dict[str, Any] = {
+        return {
             "retry_total": cfg.retry_total,
             "retry_backoff_factor": cfg.retry_backoff_factor,
             "retry_backoff_max": cfg.retry_backoff_max,
             "per_retry_policies": [FencePolicy()],
-            "polling_interval": cfg.polling_interval,
             "connection_timeout": cfg.request_timeout,
             "read_timeout": cfg.request_timeout,
         }
+
+    def _real_credential(self) -> AsyncTokenCredential:
+        if self._credential is None:
+            from azure.identity.aio import DefaultAzureCredential
+
+            authority = CLOUDS.get(self.cfg.cloud, CLOUDS["public"])[1]
+            self._credential = DefaultAzureCredential(authority=authority)
+        return self._credential
+
+    def _build(self) -> NetworkManagementClient:
+        cfg = self.cfg
+        options = {**self._options(), "polling_interval": cfg.polling_interval}
         if cfg.cloud == "sim":
             from bot.sim.client import sim_network_client
 
             return sim_network_client(cfg.arm_endpoint, cfg.subscription_id, **options)
-        from azure.identity.aio import DefaultAzureCredential
         from azure.mgmt.network.aio import NetworkManagementClient
 
-        authority = CLOUDS.get(cfg.cloud, CLOUDS["public"])[1]
-        self._credential = DefaultAzureCredential(authority=authority)
         return NetworkManagementClient(
-            self._credential,
+            self._real_credential(),
+            cfg.subscription_id,
+            base_url=cfg.arm_endpoint,
+            credential_scopes=[f"{cfg.arm_endpoint}/.default"],
+            **options,
+        )
+
+    def _build_traffic_manager(self) -> TrafficManagerManagementClient:
+        """Traffic Manager's writes are synchronous: no polling interval to pass."""
+        cfg = self.cfg
+        options = self._options()
+        if cfg.cloud == "sim":
+            from bot.sim.client import sim_traffic_manager_client
+
+            return sim_traffic_manager_client(cfg.arm_endpoint, cfg.subscription_id, **options)
+        from azure.mgmt.trafficmanager.aio import TrafficManagerManagementClient
+
+        return TrafficManagerManagementClient(
+            self._real_credential(),
             cfg.subscription_id,
             base_url=cfg.arm_endpoint,
             credential_scopes=[f"{cfg.arm_endpoint}/.default"],
@@ -95,6 +134,9 @@ class AzureClients:
         if self._client is not None:
             await self._client.close()
             self._client = None
+        if self._tm is not None:
+            await self._tm.close()
+            self._tm = None
         if self._credential is not None:
             await self._credential.close()
             self._credential = None

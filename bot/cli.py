@@ -760,6 +760,34 @@ def sim_sites(
         asyncio.run(sites_main("127.0.0.1", port, config, arm_url=arm, ties=ties))
 
 
+@sim_app.command("devices")
+def sim_devices(
+    host: Annotated[str, typer.Option(help="127.0.0.1 or ::1 (nothing else)")] = "127.0.0.1",
+    sonicos_port: Annotated[int, typer.Option(help="SonicOS API port (0 = any)")] = 0,
+    barracuda_port: Annotated[int, typer.Option(help="Barracuda REST API port (0 = any)")] = 0,
+    kemp_port: Annotated[int, typer.Option(help="KEMP LoadMaster API port (0 = any)")] = 0,
+) -> None:
+    """SonicOS, Barracuda and KEMP device simulators on loopback until Ctrl-C (prints URLs)."""
+    import contextlib
+
+    from bot.sim.devices import main as devices_main
+    from bot.sim.devices.common import require_loopback
+
+    try:
+        require_loopback(host)
+    except ValueError as exc:
+        _fail(str(exc))
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(
+            devices_main(
+                host,
+                sonicos_port=sonicos_port,
+                barracuda_port=barracuda_port,
+                kemp_port=kemp_port,
+            )
+        )
+
+
 def main() -> None:
     app()
 

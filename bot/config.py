@@ -34,11 +34,11 @@ from bot.chat.models import ChannelConfig
 
 if TYPE_CHECKING:
     from bot.redact import Redactor
+from bot.damping import DampingConfig
 from bot.events import SITE_PATTERN
 from bot.probes.models import ProbeSpec
 from bot.secrets import read_secret_refs, secret_fields
 from bot.sources.models import SourceSpec
-from bot.damping import DampingConfig
 
 ENV_PREFIX = "TUNNELWARDEN_"
 SITE_NAME = re.compile(SITE_PATTERN)

@@ -1,23 +1,29 @@
 """Flap damping: fail over fast, fail back only when the primary is stable.
 
 Pure decision logic (research `anchors-detect-probe.md` §C5): no I/O, no clock. Every function
-takes the state, the config and the time (`now`, epoch seconds) and returns the new state and
-what to do. The caller keeps the state in a Redis hash (`DampingState.to_fields()` /
-`from_fields()`), so a restart never resets damping, and keeps `next_wakeup()` in the
-scheduler's due-time set, calling `tick()` when it is due.
+takes state, the config and the time (`now`, epoch seconds) and returns the new state and what
+to do. Two records, with one writer each, both kept in the site's Redis hash (`to_fields()` /
+`from_fields()`), so a restart never resets damping:
+
+- **`PathSamples`**, what the path sampler saw of the primary: `sample()` takes one judged
+  sample (probe quorum already applied). The primary is *judged down* after `fail_after`
+  failed samples in a row (each such judgement counts in `downs`) and judged up again at the
+  next good one; any failed sample restarts its run of good ones (`up_since`, `up_streak`).
+- **`DampingState`**, what the failover reconciler decided: `decide()` folds in the downs it
+  has not seen yet and applies what time decides. It is level-triggered: deciding at every
+  sample, or only at the sampler's edges and at `next_wakeup()` (the scheduler's due-time
+  set), comes to the same.
 
 The model, per site and tunnel pair:
 
-- **Samples.** `observe()` takes one judged sample of the primary path (probe quorum already
-  applied). The primary is *judged down* after `fail_after` failed samples in a row and judged
-  up again at the next good one. Any failed sample restarts probation.
 - **Flaps.** A flap is the primary being judged down after it was judged up — whichever path
   carries traffic, as BGP counts every withdrawal of a route — or a failed failback. At a flap
-  the penalty decays to `now` and grows by `penalty_per_flap`, capped at `max_penalty`
-  (`reuse · 2^(max_suppress / half_life)`). Above `suppress_threshold` the site is
-  *suppressed*: "primary flapping, failback suppressed until ~HH:MM" is said once per episode.
-- **Failover.** The primary judged down while it carries traffic: `FailOver` (the device usually
-  did it already, by DPD; the caller confirms or makes it happen).
+  the penalty decays to the flap's time and grows by `penalty_per_flap`, capped at
+  `max_penalty` (`reuse · 2^(max_suppress / half_life)`). Above `suppress_threshold` the site
+  is *suppressed*: "primary flapping, failback suppressed until ~HH:MM" is said once per
+  episode.
+- **Failover.** The primary judged down while it carries traffic: `FailOver` (the device
+  usually did it already, by DPD; the caller confirms or makes it happen).
 - **Failback** happens when, and only when: traffic is on the secondary, no failback is being
   verified, the primary has been up continuously for `stable_s` with at least
   `success_after` good samples in a row, the decayed penalty has fallen to `reuse_threshold`,
@@ -92,28 +98,10 @@ class DampingConfig(BaseModel):
         return self.reuse_threshold * math.exp2(self.max_suppress_s / self.half_life_s)
 
 
-class DampingState(BaseModel):
-    """Everything the decision needs, flat enough for a Redis hash (`to_fields`)."""
+class _Flat(BaseModel):
+    """A record flat enough for a Redis hash."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-
-    active: Path = "primary"  # which path carries traffic, as far as we know
-    penalty: float = 0.0  # value at `penalty_at`; decays from there
-    penalty_at: float = 0.0
-    suppressed: bool = False
-    primary_judged_up: bool = True
-    fail_streak: int = 0
-    up_streak: int = 0
-    primary_up_since: float | None = None  # start of the current run of good samples
-    last_sample_at: float | None = None
-    last_failback_at: float | None = None
-    hold_until: float | None = None
-    hold_indefinite: bool = False
-    verify_until: float | None = None  # set while a failback is being verified
-    verify_ok: bool = False  # the playbook's verify reported success for that failback
-    episode_started_at: float | None = None
-    episode_flaps: int = 0
-    episode_notified: bool = False  # the "suppressed until" notice went out in this episode
 
     def to_fields(self) -> dict[str, str]:
         """Every field as a string: floats exactly (`repr`), booleans `1`/`0`, None empty."""
@@ -131,12 +119,43 @@ class DampingState(BaseModel):
         return fields
 
     @classmethod
-    def from_fields(cls, fields: Mapping[str, str]) -> DampingState:
+    def from_fields(cls, fields: Mapping[str, str]) -> Self:
         """Inverse of `to_fields`. Missing fields take their defaults; unknown ones are ignored
         (a newer or older writer). A malformed value raises `pydantic.ValidationError`."""
         known = cls.model_fields
         data: dict[str, Any] = {k: (v or None) for k, v in fields.items() if k in known}
         return cls.model_validate(data)
+
+
+class PathSamples(_Flat):
+    """What the sampler saw of a path (written by the sampler only)."""
+
+    judged_up: bool = True
+    fail_streak: int = 0
+    up_streak: int = 0
+    up_since: float | None = None  # start of the current run of good samples
+    last_at: float | None = None
+    downs: int = 0  # how often the path was judged down (only grows)
+    down_at: float | None = None  # when it was last judged down
+
+
+class DampingState(_Flat):
+    """What the failover reconciler decided (written by it only)."""
+
+    active: Path = "primary"  # which path carries traffic, as far as we know
+    penalty: float = 0.0  # value at `penalty_at`; decays from there
+    penalty_at: float = 0.0
+    suppressed: bool = False
+    seen_downs: int = 0  # the `PathSamples.downs` already counted
+    last_failback_at: float | None = None
+    hold_until: float | None = None
+    hold_indefinite: bool = False
+    verify_until: float | None = None  # set while a failback is being verified
+    verify_ok: bool = False  # the playbook's verify reported success for that failback
+    probation_from: float | None = None  # a rollback restarts the stability window here
+    episode_started_at: float | None = None
+    episode_flaps: int = 0
+    episode_notified: bool = False  # the "suppressed until" notice went out in this episode
 
 
 @dataclass(frozen=True)
@@ -170,6 +189,7 @@ class Notify:
 
 
 Action = FailOver | FailBack | RollBack | Notify
+Edge = Literal["failed", "recovered"]
 
 
 # --- penalty arithmetic ---------------------------------------------------------------------
@@ -199,19 +219,55 @@ def _held(state: DampingState, now: float) -> bool:
     return state.hold_indefinite or (state.hold_until is not None and now < state.hold_until)
 
 
-# --- transitions ----------------------------------------------------------------------------
+# --- the sampler ----------------------------------------------------------------------------
 
 
-def _flap(state: DampingState, cfg: DampingConfig, now: float) -> tuple[DampingState, list[Action]]:
-    """Count one flap: decay, add, cap; maybe suppress (and say so once per episode)."""
-    penalty = min(penalty_now(state, cfg, now) + cfg.penalty_per_flap, cfg.max_penalty)
+def sample(
+    obs: PathSamples, cfg: DampingConfig, now: float, ok: bool
+) -> tuple[PathSamples, Edge | None]:
+    """One judged sample of the path at `now`: the new record, and `failed` when this sample
+    judged it down, `recovered` at the `success_after`-th good sample in a row. A sample older
+    than the last one is ignored (another replica got there first)."""
+    if obs.last_at is not None and now < obs.last_at:
+        return obs, None
+    if ok:
+        # `recovered`: the S-th good sample in a row (the earliest a failback can be due).
+        edge: Edge | None = "recovered" if obs.up_streak + 1 == cfg.success_after else None
+        return obs.model_copy(
+            update={
+                "last_at": now,
+                "fail_streak": 0,
+                "up_streak": obs.up_streak + 1,
+                "up_since": now if obs.up_since is None else obs.up_since,
+                "judged_up": True,
+            }
+        ), edge
+    obs = obs.model_copy(
+        update={
+            "last_at": now,
+            "fail_streak": obs.fail_streak + 1,
+            "up_streak": 0,
+            "up_since": None,
+        }
+    )
+    if obs.judged_up and obs.fail_streak >= cfg.fail_after:
+        obs = obs.model_copy(update={"judged_up": False, "downs": obs.downs + 1, "down_at": now})
+        return obs, "failed"
+    return obs, None
+
+
+# --- the decision ---------------------------------------------------------------------------
+
+
+def _flap(state: DampingState, cfg: DampingConfig, at: float) -> tuple[DampingState, list[Action]]:
+    """Count one flap at `at`: decay, add, cap; maybe suppress (and say so once per episode)."""
+    penalty = min(penalty_now(state, cfg, at) + cfg.penalty_per_flap, cfg.max_penalty)
     state = state.model_copy(
         update={
             "penalty": penalty,
-            "penalty_at": now,
-            "primary_judged_up": False,
+            "penalty_at": at,
             "episode_started_at": (
-                now if state.episode_started_at is None else state.episode_started_at
+                at if state.episode_started_at is None else state.episode_started_at
             ),
             "episode_flaps": state.episode_flaps + 1,
         }
@@ -237,7 +293,7 @@ def _flap(state: DampingState, cfg: DampingConfig, now: float) -> tuple[DampingS
 
 
 def _roll_back(
-    state: DampingState, cfg: DampingConfig, now: float, why: str
+    state: DampingState, cfg: DampingConfig, at: float, why: str
 ) -> tuple[DampingState, list[Action]]:
     """A failed failback: back to the secondary, and it counts as a flap."""
     state = state.model_copy(
@@ -245,12 +301,11 @@ def _roll_back(
             "active": "secondary",
             "verify_until": None,
             "verify_ok": False,
-            "primary_up_since": None,  # probation starts again
-            "up_streak": 0,
+            "probation_from": at,  # the primary must prove itself again from here
         }
     )
-    state, actions = _flap(state, cfg, now)
-    last = state.last_failback_at if state.last_failback_at is not None else now
+    state, actions = _flap(state, cfg, at)
+    last = state.last_failback_at if state.last_failback_at is not None else at
     not_before = max(reusable_at(state, cfg), last + cfg.min_failback_interval_s)
     text = (
         f"failback to primary failed ({why}); rolled back to secondary, "
@@ -259,10 +314,40 @@ def _roll_back(
     return state, [RollBack(why), Notify("rolled_back", text, at=not_before), *actions]
 
 
-def tick(state: DampingState, cfg: DampingConfig, now: float) -> tuple[DampingState, list[Action]]:
-    """Apply what time alone decides: end of suppression or hold, end of a verify window, and a
-    failback whose conditions now all hold. Call it when `next_wakeup` is due."""
-    actions: list[Action] = []
+def _fold_downs(
+    state: DampingState, obs: PathSamples, cfg: DampingConfig, now: float
+) -> tuple[DampingState, list[Action]]:
+    """Count the primary's judged-down events not seen yet: each is a flap; the first one
+    fails over (traffic on the primary) or rolls back (a failback being verified)."""
+    new = obs.downs - state.seen_downs
+    if new < 0:  # the sampler's record was lost (Redis lost data): start counting again
+        return state.model_copy(update={"seen_downs": obs.downs}), []
+    if new == 0:
+        return state, []
+    at = min(obs.down_at if obs.down_at is not None else now, now)
+    state = state.model_copy(update={"seen_downs": obs.downs})
+    why = f"primary failed {cfg.fail_after} checks in a row"
+    if state.verify_until is not None:
+        state, actions = _roll_back(state, cfg, at, why)
+    elif state.active == "primary":
+        state = state.model_copy(update={"active": "secondary"})
+        state, flapped = _flap(state, cfg, at)
+        actions = [FailOver(why), Notify("failover", f"{why}: traffic on secondary"), *flapped]
+    else:
+        state, actions = _flap(state, cfg, at)
+    for _ in range(new - 1):  # more downs than one since we last looked
+        state, more = _flap(state, cfg, at)
+        actions += more
+    return state, actions
+
+
+def decide(
+    state: DampingState, obs: PathSamples, cfg: DampingConfig, now: float
+) -> tuple[DampingState, list[Action]]:
+    """Everything the samples and the time decide at `now`: new downs (failover, rollback,
+    flaps), the end of suppression or a hold, the end of a verify window, and a failback whose
+    conditions all hold. Call it when the sampler saw an edge and when `next_wakeup` is due."""
+    state, actions = _fold_downs(state, obs, cfg, now)
     if state.suppressed and now >= reusable_at(state, cfg):
         state = state.model_copy(update={"suppressed": False})
     if state.hold_until is not None and now >= state.hold_until:
@@ -288,9 +373,10 @@ def tick(state: DampingState, cfg: DampingConfig, now: float) -> tuple[DampingSt
         )
         return state, [*actions, Notify("stable", text)]
 
-    if _may_fail_back(state, cfg, now):
-        assert state.primary_up_since is not None
-        reason = f"primary up continuously since {_hhmm(state.primary_up_since, future=False)}"
+    probation = up_since(state, obs)
+    if _may_fail_back(state, obs, cfg, now):
+        assert probation is not None
+        reason = f"primary up continuously since {_hhmm(probation, future=False)}"
         state = state.model_copy(
             update={
                 "active": "primary",
@@ -303,13 +389,23 @@ def tick(state: DampingState, cfg: DampingConfig, now: float) -> tuple[DampingSt
     return state, actions
 
 
-def _may_fail_back(state: DampingState, cfg: DampingConfig, now: float) -> bool:
+def up_since(state: DampingState, obs: PathSamples) -> float | None:
+    """Start of the primary's probation: its current run of good samples, restarted by a
+    rollback."""
+    if obs.up_since is None:
+        return None
+    return max(obs.up_since, state.probation_from or obs.up_since)
+
+
+def _may_fail_back(state: DampingState, obs: PathSamples, cfg: DampingConfig, now: float) -> bool:
+    since = up_since(state, obs)
     return (
         state.active == "secondary"
         and state.verify_until is None
-        and state.primary_up_since is not None
-        and now >= state.primary_up_since + cfg.stable_s  # the same sums as next_wakeup's
-        and state.up_streak >= cfg.success_after
+        and obs.judged_up
+        and since is not None
+        and now >= since + cfg.stable_s  # the same sums as next_wakeup's
+        and obs.up_streak >= cfg.success_after
         and now >= reusable_at(state, cfg)
         and (
             state.last_failback_at is None
@@ -319,55 +415,8 @@ def _may_fail_back(state: DampingState, cfg: DampingConfig, now: float) -> bool:
     )
 
 
-def observe(
-    state: DampingState, cfg: DampingConfig, now: float, primary_up: bool
-) -> tuple[DampingState, list[Action]]:
-    """One judged sample of the primary path at `now`. A sample older than the last one is
-    ignored (another replica got there first)."""
-    if state.last_sample_at is not None and now < state.last_sample_at:
-        return state, []
-    actions: list[Action] = []
-    if primary_up:
-        state = state.model_copy(
-            update={
-                "last_sample_at": now,
-                "fail_streak": 0,
-                "up_streak": state.up_streak + 1,
-                "primary_up_since": (
-                    now if state.primary_up_since is None else state.primary_up_since
-                ),
-                "primary_judged_up": True,
-            }
-        )
-    else:
-        state = state.model_copy(
-            update={
-                "last_sample_at": now,
-                "fail_streak": state.fail_streak + 1,
-                "up_streak": 0,
-                "primary_up_since": None,
-            }
-        )
-        if state.primary_judged_up and state.fail_streak >= cfg.fail_after:
-            why = f"primary failed {state.fail_streak} checks in a row"
-            if state.verify_until is not None:
-                state, actions = _roll_back(state, cfg, now, why)
-            elif state.active == "primary":
-                state = state.model_copy(update={"active": "secondary"})
-                state, actions = _flap(state, cfg, now)
-                actions = [
-                    FailOver(why),
-                    Notify("failover", f"{why}: traffic on secondary"),
-                    *actions,
-                ]
-            else:
-                state, actions = _flap(state, cfg, now)
-    state, more = tick(state, cfg, now)
-    return state, actions + more
-
-
 def failback_result(
-    state: DampingState, cfg: DampingConfig, now: float, ok: bool
+    state: DampingState, obs: PathSamples, cfg: DampingConfig, now: float, ok: bool
 ) -> tuple[DampingState, list[Action]]:
     """The failback playbook's verify at `now`. A failure rolls back at once (a flap); a
     success still has to last until the verify window ends. Ignored when nothing is being
@@ -377,7 +426,7 @@ def failback_result(
     if not ok:
         return _roll_back(state, cfg, now, "verify failed")
     state = state.model_copy(update={"verify_ok": True})
-    return tick(state, cfg, now)
+    return decide(state, obs, cfg, now)
 
 
 def hold(state: DampingState, until: float | None) -> tuple[DampingState, list[Action]]:
@@ -391,13 +440,15 @@ def hold(state: DampingState, until: float | None) -> tuple[DampingState, list[A
 
 
 def release(state: DampingState) -> tuple[DampingState, list[Action]]:
-    """End a manual hold. A failback that is now allowed happens at the next `tick`/`observe`."""
+    """End a manual hold. A failback that is now allowed happens at the next `decide`."""
     state = state.model_copy(update={"hold_indefinite": False, "hold_until": None})
     return state, [Notify("released", "manual failback hold released")]
 
 
-def next_wakeup(state: DampingState, cfg: DampingConfig, now: float) -> float | None:
-    """The next time `tick` can decide something without a new sample, or None.
+def next_wakeup(
+    state: DampingState, obs: PathSamples, cfg: DampingConfig, now: float
+) -> float | None:
+    """The next time `decide` can decide something without a new sample, or None.
 
     While verifying: the end of the window. On the secondary with the primary up: the moment the
     last of the time conditions holds (stability window, penalty at reuse, minimum interval,
@@ -406,9 +457,10 @@ def next_wakeup(state: DampingState, cfg: DampingConfig, now: float) -> float | 
     """
     if state.verify_until is not None:
         return state.verify_until
-    if state.active != "secondary" or state.primary_up_since is None or state.hold_indefinite:
+    since = up_since(state, obs)
+    if state.active != "secondary" or since is None or state.hold_indefinite:
         return None
-    due = max(state.primary_up_since + cfg.stable_s, reusable_at(state, cfg))
+    due = max(since + cfg.stable_s, reusable_at(state, cfg))
     if state.last_failback_at is not None:
         due = max(due, state.last_failback_at + cfg.min_failback_interval_s)
     if state.hold_until is not None:

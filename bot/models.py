@@ -25,7 +25,9 @@ class Decision(BaseModel):
     """What a handler decided: the playbooks to run in order, or none and why.
 
     ``outcome`` says what kind of nothing a skip is (``superseded``: a newer observation
-    exists); ``retry_at`` asks the scheduler to come back (a change held by the rate limit).
+    exists); ``retry_at`` asks the scheduler to come back (a change held by the rate limit);
+    ``wake_at`` asks it to come back no later than then whatever the outcome (a timer, such as
+    the end of a failback's stability window).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -33,6 +35,7 @@ class Decision(BaseModel):
     reason: str = ""
     outcome: Literal["skipped", "superseded"] = "skipped"
     retry_at: float | None = None
+    wake_at: float | None = None
 
     @classmethod
     def skip(cls, reason: str, *, retry_at: float | None = None) -> Decision:

@@ -74,7 +74,7 @@ def _sentinel_master(url: str, opts: dict[str, Any], cfg: RedisConfig) -> Redis:
         opts["ssl"] = True
         if cfg.tls_ca_file:
             opts["ssl_ca_certs"] = str(cfg.tls_ca_file)
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
         sentinels, sentinel_kwargs={"socket_connect_timeout": 5}, **opts
     )
     master: Redis = sentinel.master_for(service)

@@ -153,7 +153,8 @@ async def sample_until(
             return Waited(False)
         if outcome.failed:
             return Waited(False, error=outcome.exception())
-        return Waited(False, value=outcome.result())
+        last: Waited[T] = outcome.result()  # the last sample's own Waited (not done)
+        return last
 
     async def sample() -> Waited[T]:
         value = await read()

@@ -128,7 +128,7 @@ class Runner:
         policy = self.services.settings.policy_for(site)
         state = self.services.state
         lock = state.site_lock(site, policy.lock_ttl)
-        hint = member(RECONCILE, site) if handler.reconciles and not redelivered else ""
+        hint = member(handler.requeue, site) if handler.reconciles and not redelivered else ""
         begun = Begun("locked")
 
         async def begin() -> bool:
@@ -175,6 +175,7 @@ class Runner:
             oldest_change_at=begun.oldest_change_at,
             fence=begun.fence,
             manual=event.source in MANUAL_SOURCES,
+            now=started,
         )
         journal = begun.journal
         if begun.attempt > 1:
@@ -227,54 +228,53 @@ class Runner:
         policy = view.policy
         interval = self.services.settings.scheduler.resync_interval
         resync = now + interval * random.uniform(0.95, 1.05)
-        updates: dict[str, str | None] = {
-            "reconcile.at": f"{now:.3f}",
-            "reconcile.run": record.run_id,
-        }
+        f = handler.status  # the reconciler's status fields: reconcile.*, failover.*
+        updates: dict[str, str | None] = {f"{f}.at": f"{now:.3f}", f"{f}.run": record.run_id}
         outcome = record.outcome
         when: float | None = resync
         if outcome in ("ok", "no_changes"):
             updates.update(
                 {
-                    "reconcile.status": "converged",
-                    "reconcile.seq": view.state.get("ip.v4.seq", ""),
-                    "reconcile.attempt": None,
-                    "reconcile.error": None,
-                    "reconcile.not_before": None,
-                    "held.until": None,
+                    f"{f}.status": "converged",
+                    f"{f}.attempt": None,
+                    f"{f}.error": None,
+                    f"{f}.not_before": None,
+                    f"{f}.held_until": None,
                 }
             )
         elif outcome == "superseded":
             when = None  # the newer observation's hint is on its way
         elif outcome == "skipped":
-            updates["reconcile.status"] = "held" if decision.retry_at else "skipped"
-            updates["reconcile.error"] = decision.reason
+            updates[f"{f}.status"] = "held" if decision.retry_at else "skipped"
+            updates[f"{f}.error"] = decision.reason
             if decision.retry_at:
                 when = decision.retry_at
-                updates["reconcile.not_before"] = f"{decision.retry_at:.3f}"
-                updates["held.until"] = f"{decision.retry_at:.3f}"
+                updates[f"{f}.not_before"] = f"{decision.retry_at:.3f}"
+                updates[f"{f}.held_until"] = f"{decision.retry_at:.3f}"
         else:
             failed = next((r for r in reversed(record.playbooks) if r.outcome != "ok"), None)
             transient = failed is None or failed.retry
             message = f"{failed.playbook}: {failed.error}" if failed and failed.error else outcome
-            updates["reconcile.error"] = message[:500]
+            updates[f"{f}.error"] = message[:500]
             if transient:
-                attempt = int(view.state.get("reconcile.attempt", "0") or 0) + 1
+                attempt = int(view.state.get(f"{f}.attempt", "0") or 0) + 1
                 asked = failed.retry_after if failed else None
                 delay = backoff(attempt, policy.retry_base_delay, policy.retry_max_delay, asked)
                 when = max(now + delay, decision.retry_at or 0.0)  # e.g. a reset cool-down
-                updates["reconcile.status"] = "retrying"
-                updates["reconcile.attempt"] = str(attempt)
-                updates["reconcile.not_before"] = f"{now + (asked or 0):.3f}" if asked else None
+                updates[f"{f}.status"] = "retrying"
+                updates[f"{f}.attempt"] = str(attempt)
+                updates[f"{f}.not_before"] = f"{now + (asked or 0):.3f}" if asked else None
             else:
-                updates["reconcile.status"] = "failed"
-                updates["reconcile.attempt"] = None
+                updates[f"{f}.status"] = "failed"
+                updates[f"{f}.attempt"] = None
+        if decision.wake_at is not None:  # a timer of the handler's: never later than asked
+            when = decision.wake_at if when is None else min(when, decision.wake_at)
         updates.update(extra)
         return Followups(
             state=updates,
-            schedule_member=member(RECONCILE, event.site) if when is not None else "",
+            schedule_member=member(handler.requeue, event.site) if when is not None else "",
             schedule_at=when,
-            dirty_member=member(RECONCILE, event.site),
+            dirty_member=member(handler.requeue, event.site),
         )
 
     # --- playbooks ----------------------------------------------------------------------

@@ -20,15 +20,19 @@ import random
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from redis.asyncio import Redis
 
 from bot.keys import Keys
 
+if TYPE_CHECKING:
+    from bot.config import Settings
+
 log = logging.getLogger("tunnelwarden.scheduler")
 
-RECONCILE = "site.reconcile"
+RECONCILE = "site.reconcile"  # the site's tunnel reconciler (handlers.site)
+FAILOVER = "failover.check"  # the site's failover pair (handlers.failover)
 
 # Publish the due members: for each, remove it and add its event to the stream, atomically.
 _FIRE = """
@@ -102,13 +106,14 @@ class Scheduler:
         )
         return [_text(m) for m in fired]
 
-    async def ensure_resync(self, sites: Iterable[str], interval: float) -> int:
-        """Give every site a reconcile entry if it has none, spread over ``interval``.
+    async def ensure_resync(self, members: Iterable[tuple[str, str]], interval: float) -> int:
+        """Give every ``(event type, site)`` an entry if it has none, spread over
+        ``interval``: each reconciler of each site comes back at least that often.
 
         Also what brings the schedule back after Redis lost it. Returns how many were added.
         """
         now = time.time()
-        mapping = {member(RECONCILE, s): now + spread(s, interval) for s in sites}
+        mapping = {member(t, s): now + spread(f"{t}|{s}", interval) for t, s in members}
         if not mapping:
             return 0
         added = await self.redis.zadd(self.keys.schedule, mapping, nx=True)
@@ -119,15 +124,16 @@ class Scheduler:
         stop: asyncio.Event,
         *,
         tick: float,
-        sites: Callable[[], Iterable[str]],
+        members: Callable[[], Iterable[tuple[str, str]]],
         resync_interval: float,
         batch: int = 100,
     ) -> None:
-        """Poll until ``stop``: publish due entries, and keep every site's resync entry."""
+        """Poll until ``stop``: publish due entries, and keep every reconciler's resync entry
+        (``members``: the ``(event type, site)`` pairs, e.g. from ``resync_members``)."""
         next_ensure = 0.0
         while not stop.is_set():
             try:
-                names = list(sites())
+                names = list(members())
                 # Every 30 s, and at once if the set is gone (Redis lost its data).
                 gone = bool(names) and not await self.redis.exists(self.keys.schedule)
                 if gone or time.monotonic() >= next_ensure:
@@ -139,6 +145,13 @@ class Scheduler:
                 log.warning("scheduler: %s: %s", type(exc).__name__, exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=tick * random.uniform(0.9, 1.1))
+
+
+def resync_members(settings: Settings) -> list[tuple[str, str]]:
+    """Every reconciler of every configured site: the tunnel's, and the failover pair's."""
+    pairs = [(RECONCILE, name) for name in settings.sites]
+    pairs += [(FAILOVER, name) for name, site in settings.sites.items() if site.failover]
+    return pairs
 
 
 def _text(value: bytes | str) -> str:

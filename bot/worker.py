@@ -26,6 +26,7 @@ from bot.events import Event, EventError, describe
 from bot.models import RunRecord
 from bot.queue import Delivery
 from bot.runner import MANUAL_SOURCES, Busy, Runner
+from bot.scheduler import resync_members
 from bot.services import Services
 from bot.state import LockLost
 from handlers.base import Handler, SiteView
@@ -79,7 +80,7 @@ class Worker:
             self.services.scheduler.run(
                 stop,
                 tick=settings.scheduler.tick,
-                sites=lambda: list(settings.sites),
+                members=lambda: resync_members(settings),
                 resync_interval=settings.scheduler.resync_interval,
             ),
             name="scheduler",

@@ -6,7 +6,7 @@ from handlers.base import Handler
 
 
 def builtin() -> dict[str, Handler]:
-    from handlers import ip, playbook, site, testing
+    from handlers import failover, ip, playbook, site, testing
 
-    found = [*site.HANDLERS, *ip.HANDLERS, playbook.HANDLER, *testing.HANDLERS]
+    found = [*site.HANDLERS, *failover.HANDLERS, *ip.HANDLERS, playbook.HANDLER, *testing.HANDLERS]
     return {h.event_type: h for h in found}

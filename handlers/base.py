@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
@@ -18,6 +18,7 @@ from bot.chat.models import Notification
 from bot.config import Policy, SiteConfig
 from bot.events import Event
 from bot.models import Decision, RunRecord
+from bot.scheduler import RECONCILE
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class SiteView:
     oldest_change_at: float | None = None
     fence: int = 0
     manual: bool = False  # the event is a person's request (CLI, chat)
+    now: float = field(default_factory=time.time)  # the run's clock: decide, remember, describe
 
 
 Decide = Callable[[Event, Any, SiteView], Awaitable[Decision]]
@@ -44,8 +46,11 @@ Describe = Callable[[Event, Any, RunRecord, str | None, SiteView], Notification 
 @dataclass(frozen=True)
 class Handler:
     """``reconciles``: the handler converges the site to its desired state (hints such as
-    ``ip.changed`` and ``site.reconcile``); its runs keep the site's reconcile status and
-    schedule retries and resyncs. Other handlers carry out one request (``playbook.requested``).
+    ``ip.changed`` and ``site.reconcile``); its runs keep the site's status fields
+    (``{status}.status``, ``.error``, ``.attempt``, ...) and schedule ``requeue`` events for
+    retries, resyncs and the decision's ``wake_at``. A site has one such reconciler per
+    concern (its tunnel: ``site.reconcile``; its failover pair: ``failover.check``), all
+    serialised by the site lock. Other handlers carry out one request (``playbook.requested``).
     """
 
     event_type: str
@@ -55,6 +60,8 @@ class Handler:
     remember: Remember | None = None
     describe: Describe | None = None
     reconciles: bool = False
+    requeue: str = RECONCILE
+    status: str = "reconcile"
 
 
 def gate(view: SiteView, *, changes: bool) -> Decision | None:

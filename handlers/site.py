@@ -226,6 +226,7 @@ def remember(event: Event, data: Data, record: RunRecord, view: SiteView) -> dic
         times = [*recent_resets(view, now), now]
         out["reset.times"] = " ".join(f"{t:.3f}" for t in times[-20:])
     if record.outcome in ("ok", "no_changes"):
+        out["reconcile.seq"] = view.state.get("ip.v4.seq", "")  # the observation converged to
         out["incident.key"] = None
         out["incident.since"] = None
         if (
@@ -455,7 +456,7 @@ def _held(
 ) -> Notification | None:
     if not record.retry_at or not record.reason.startswith("rate limit"):
         return None
-    told = view.state.get("held.until")
+    told = view.state.get("reconcile.held_until")
     if told and float(told) > time.time():
         return None  # once per window
     when = time.strftime("%H:%M", time.localtime(record.retry_at))

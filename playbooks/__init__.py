@@ -12,7 +12,13 @@ def builtin() -> dict[str, Playbook[Any]]:
     from playbooks.azure.connection import ResetConnection, VerifyTunnel
     from playbooks.azure.gateway import ResetGateway
     from playbooks.azure.local_gateway import RecreateConnection, UpdateLocalGateway
+    from playbooks.azure.traffic_manager import TrafficManagerEndpoint
+    from playbooks.barracuda import BarracudaRestartVpn
+    from playbooks.kemp import KempRealServer
     from playbooks.notify import Notify
+    from playbooks.probes import VerifyProbes
+    from playbooks.rras import RrasConnect, RrasSetDestination, RrasStatus
+    from playbooks.sonicwall import SonicWallKeepalive, SonicWallPreempt, SonicWallReinitiate
     from playbooks.testing import Noop, Sleep
 
     found: list[Playbook[Any]] = [
@@ -21,6 +27,16 @@ def builtin() -> dict[str, Playbook[Any]]:
         ResetConnection(),
         ResetGateway(),
         VerifyTunnel(),
+        TrafficManagerEndpoint(),
+        VerifyProbes(),
+        SonicWallPreempt(),
+        SonicWallKeepalive(),
+        SonicWallReinitiate(),
+        BarracudaRestartVpn(),
+        RrasStatus(),
+        RrasConnect(),
+        RrasSetDestination(),
+        KempRealServer(),
         Notify(),
         Noop(),
         Sleep(),

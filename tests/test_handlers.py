@@ -187,7 +187,7 @@ def test_a_held_change_is_told_once_per_window() -> None:
     held.reason = "rate limit: 6 automatic changes in the last hour (max 6)"
     note = describe(event, data, held, None, view())
     assert note is not None and "held by the rate limit until" in note.title
-    told = view(state={**DESIRED, "held.until": f"{until:.3f}"})
+    told = view(state={**DESIRED, "reconcile.held_until": f"{until:.3f}"})
     assert describe(event, data, held, None, told) is None
 
 

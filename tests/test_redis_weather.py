@@ -254,9 +254,13 @@ async def test_a_worker_survives_redis_going_away_and_its_timers_come_back(
     services: Services,
 ) -> None:
     """The scheduler re-creates every configured site's resync entry if they vanish."""
-    await services.scheduler.ensure_resync(["home", "office"], interval=900)
+    await services.scheduler.ensure_resync(
+        [("site.reconcile", "home"), ("site.reconcile", "office")], interval=900
+    )
     await services.redis.delete(services.keys.schedule)
-    added = await services.scheduler.ensure_resync(["home", "office"], interval=900)
+    added = await services.scheduler.ensure_resync(
+        [("site.reconcile", "home"), ("site.reconcile", "office")], interval=900
+    )
     assert added == 2
     due = await services.scheduler.due_at("site.reconcile", "home")
     assert due is not None and time.time() <= due <= time.time() + 900

@@ -17,6 +17,11 @@ Routes (all under ``/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft
 - operation status: ``/subscriptions/{sub}/providers/Microsoft.Network/locations/{loc}/``
   ``operations/{id}`` (Azure-AsyncOperation) and ``operationResults/{id}`` (Location).
 
+Traffic Manager (:mod:`bot.sim.trafficmanager`): ``trafficmanagerprofiles[/{p}[/{AzureEndpoints|
+ExternalEndpoints|NestedEndpoints}/{e}]]`` under the group, and the subscription-wide list
+``/subscriptions/{sub}/providers/Microsoft.Network/trafficmanagerprofiles``; synchronous writes,
+no ETags, checked against ``settings.traffic_manager_api_versions``.
+
 Plus Microsoft.Resources resource groups: ``/subscriptions/{sub}/resourcegroups[/{rg}]``
 (PUT, GET, HEAD, DELETE as an LRO polled at ``/subscriptions/{sub}/operationresults/{id}``;
 GET of the collection lists them), checked against ``settings.resource_api_versions``.
@@ -47,6 +52,12 @@ from bot.sim.faults import REQUEST_KINDS, FaultKind, FaultRule
 from bot.sim.lro import Operation, OpStatus
 from bot.sim.metering import OpClass
 from bot.sim.resources import Kind, collection_id, make_id, resource_group_id
+from bot.sim.trafficmanager import (
+    ENDPOINT_TYPES,
+    endpoint_id,
+    profile_id,
+    profiles_collection_id,
+)
 from bot.sim.world import World
 
 __all__ = ["WORLD_KEY", "World", "create_app", "main", "start_arm_sim"]
@@ -62,6 +73,11 @@ OP_RE = re.compile(
 RES_RE = re.compile(
     r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.Network"
     r"/(?P<type>[^/]+)(?:/(?P<name>[^/]+)(?P<action>(?:/[^/]+)*))?/?$",
+    re.IGNORECASE,
+)
+TM_RE = re.compile(
+    r"^/subscriptions/(?P<sub>[^/]+)(?:/resourceGroups/(?P<rg>[^/]+))?/providers/Microsoft\.Network"
+    r"/trafficmanagerprofiles(?:/(?P<profile>[^/]+)(?P<rest>(?:/[^/]+)*))?/?$",
     re.IGNORECASE,
 )
 RG_RE = re.compile(
@@ -228,10 +244,16 @@ def _authenticate(world: World, request: web.Request) -> None:
 
 
 def _api_version(
-    world: World, request: web.Request, type_name: str, *, arm_own: bool = False
+    world: World,
+    request: web.Request,
+    type_name: str,
+    *,
+    arm_own: bool = False,
+    versions: list[str] | None = None,
 ) -> str:
     """The request's api-version; ``arm_own`` for ARM's own types (resource groups), which
-    ARM answers with ``InvalidApiVersionParameter`` rather than ``NoRegisteredProviderFound``."""
+    ARM answers with ``InvalidApiVersionParameter`` rather than ``NoRegisteredProviderFound``.
+    ``versions``: the type's own list (Traffic Manager), else Microsoft.Network's."""
     version = request.query.get("api-version")
     if not version:
         raise ArmError(
@@ -239,7 +261,9 @@ def _api_version(
             "MissingApiVersionParameter",
             "The api-version query parameter (?api-version=) is required for all requests.",
         )
-    versions = world.settings.resource_api_versions if arm_own else world.settings.api_versions
+    if versions is None:
+        own = world.settings.resource_api_versions
+        versions = own if arm_own else world.settings.api_versions
     supported = "', '".join(versions)
     if not API_VERSION_RE.match(version) or (arm_own and version not in versions):
         raise ArmError(
@@ -322,9 +346,17 @@ class _Ctx:
 async def _handle(world: World, request: web.Request) -> web.StreamResponse:
     path, method = request.path, request.method.upper()
     op_match = OP_RE.match(path) or RG_OP_RE.match(path)
-    res_match, rg_match = RES_RE.match(path), RG_RE.match(path)
+    tm_match = TM_RE.match(path)
+    res_match = None if tm_match else RES_RE.match(path)
+    rg_match = RG_RE.match(path)
     arm_own = False
-    if op_match:
+    versions: list[str] | None = None
+    if tm_match:
+        sub, type_name = tm_match["sub"], "trafficmanagerprofiles"
+        counter_key = _tm_counter_key(tm_match)
+        versions = world.settings.traffic_manager_api_versions
+        world.counters.count(counter_key, "reads" if method in ("GET", "HEAD") else "writes")
+    elif op_match:
         op = world.ops.get(op_match["op"])
         sub, type_name = op_match["sub"], "locations/operations"
         arm_own = "loc" not in op_match.groupdict()
@@ -355,7 +387,7 @@ async def _handle(world: World, request: web.Request) -> web.StreamResponse:
         )
 
     _authenticate(world, request)
-    api_version = _api_version(world, request, type_name, arm_own=arm_own)
+    api_version = _api_version(world, request, type_name, arm_own=arm_own, versions=versions)
     rule = world.faults.take(method, path, REQUEST_KINDS)
     if rule is not None:
         world.counters.count(counter_key, "faults")
@@ -376,7 +408,9 @@ async def _handle(world: World, request: web.Request) -> web.StreamResponse:
         rate_header[f"x-ms-ratelimit-remaining-subscription-{op_class.value}"] = str(remaining)
 
     ctx = _Ctx(world, request, api_version)
-    if op_match:
+    if tm_match:
+        response = await _handle_traffic_manager(ctx, tm_match, method, counter_key)
+    elif op_match:
         what = op_match.groupdict().get("what") or "operationresults"
         response = _handle_operation(ctx, op_match["op"], what.lower(), method)
     elif res_match:
@@ -539,4 +573,92 @@ async def _handle_resource_group(ctx: _Ctx, m: re.Match[str], method: str) -> we
         if op is None:
             return web.Response(status=200)
         return web.Response(status=202, headers=ctx.lro_headers(op, location=True))
+    raise _method_not_allowed(method)
+
+
+# ---------------------------------------------------------------------- Traffic Manager
+def _tm_parts(m: re.Match[str]) -> tuple[str | None, list[str]]:
+    rest = m["rest"] or ""
+    return m["profile"], [part for part in rest.split("/") if part]
+
+
+def _tm_counter_key(m: re.Match[str]) -> str:
+    """Endpoint id, profile id or collection path (the request-counter key)."""
+    sub, rg = m["sub"], m["rg"]
+    profile, parts = _tm_parts(m)
+    if rg is None or profile is None:
+        return profiles_collection_id(sub, rg)
+    if len(parts) == 2 and parts[0].lower() in ENDPOINT_TYPES:
+        return endpoint_id(sub, rg, profile, parts[0], parts[1])
+    return profile_id(sub, rg, profile) + "".join(f"/{p}" for p in parts)
+
+
+def _tm_write_done(ctx: _Ctx, counter_key: str, changed: bool) -> None:
+    """After a write went through: count a no-op write, and let an armed ``lost_operation``
+    lose the answer. Traffic Manager writes are synchronous, so the operation the caller loses
+    is the request itself: ARM answers 504 GatewayTimeout while the change stands (a retry of
+    the same write finds it made)."""
+    world = ctx.world
+    if not changed:
+        world.counters.count(counter_key, "redundant")
+    rule = world.faults.take(*ctx.sig, frozenset({FaultKind.LOST_OPERATION}))
+    if rule is not None:
+        world.counters.count(counter_key, "faults")
+        raise ArmError(
+            504,
+            "GatewayTimeout",
+            "The gateway did not receive a response from 'Microsoft.Network' within the "
+            "specified time period.",
+        )
+
+
+async def _handle_traffic_manager(
+    ctx: _Ctx, m: re.Match[str], method: str, counter_key: str
+) -> web.StreamResponse:
+    tm = ctx.world.traffic_manager
+    sub, rg = m["sub"], m["rg"]
+    profile, parts = _tm_parts(m)
+    if rg is None and profile is not None:
+        raise _not_modelled("trafficmanagerprofiles", " outside a resource group")
+    if rg is None or profile is None:  # a list, by subscription or by group
+        if method != "GET":
+            raise _method_not_allowed(method)
+        return ctx.page([tm.render_profile(p) for p in tm.list_profiles(sub, rg)])
+
+    if not parts:
+        if method == "GET":
+            return _json(tm.render_profile(tm.get_profile(sub, rg, profile)))
+        if method == "PUT":
+            prof, created, changed = tm.put_profile(sub, rg, profile, await _body(ctx.request))
+            _tm_write_done(ctx, counter_key, changed)
+            return _json(tm.render_profile(prof), 201 if created else 200)
+        if method == "PATCH":
+            prof, changed = tm.patch_profile(sub, rg, profile, await _body(ctx.request))
+            _tm_write_done(ctx, counter_key, changed)
+            return _json(tm.render_profile(prof))
+        if method == "DELETE":
+            deleted = tm.delete_profile(sub, rg, profile)
+            _tm_write_done(ctx, counter_key, deleted)
+            return _json({}) if deleted else web.Response(status=204)
+        raise _method_not_allowed(method)
+
+    if len(parts) != 2 or parts[0].lower() not in ENDPOINT_TYPES:
+        raise _not_modelled("trafficmanagerprofiles/", parts[0])
+    etype, name = parts
+    if method == "GET":
+        return _json(tm.render_endpoint(tm.get_endpoint(sub, rg, profile, etype, name)))
+    if method == "PUT":
+        ep, created, changed = tm.put_endpoint(
+            sub, rg, profile, etype, name, await _body(ctx.request)
+        )
+        _tm_write_done(ctx, counter_key, changed)
+        return _json(tm.render_endpoint(ep), 201 if created else 200)
+    if method == "PATCH":
+        ep, changed = tm.patch_endpoint(sub, rg, profile, etype, name, await _body(ctx.request))
+        _tm_write_done(ctx, counter_key, changed)
+        return _json(tm.render_endpoint(ep))
+    if method == "DELETE":
+        deleted = tm.delete_endpoint(sub, rg, profile, etype, name)
+        _tm_write_done(ctx, counter_key, deleted)
+        return _json({}) if deleted else web.Response(status=204)
     raise _method_not_allowed(method)

@@ -1,4 +1,5 @@
-"""Make the real aio ``NetworkManagementClient`` talk to the local ARM simulator.
+"""Make the real aio ``NetworkManagementClient`` and ``TrafficManagerManagementClient`` talk to
+the local ARM simulator.
 
 azure-core refuses to send bearer tokens over plain http
 (``_enforce_https`` in the bearer policy). Instead of disabling that per call,
@@ -12,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import time
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from azure.core.credentials import AccessToken, AccessTokenInfo, TokenRequestOptions
@@ -20,6 +21,9 @@ from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.pipeline import PipelineRequest
 from azure.mgmt.core.policies import AsyncARMChallengeAuthenticationPolicy
 from azure.mgmt.network.aio import NetworkManagementClient
+
+if TYPE_CHECKING:
+    from azure.mgmt.trafficmanager.aio import TrafficManagerManagementClient
 
 ARM_SCOPE = "https://management.azure.com/.default"
 
@@ -106,4 +110,26 @@ def sim_network_client(
         base_url=endpoint.rstrip("/"),
         polling_interval=polling_interval,
         **kwargs,
+    )
+
+
+def sim_traffic_manager_client(
+    endpoint: str,
+    subscription_id: str,
+    *,
+    credential: AsyncTokenCredential | None = None,
+    **kwargs: Any,
+) -> TrafficManagerManagementClient:
+    """A real aio ``TrafficManagerManagementClient`` pointed at the simulator at ``endpoint``,
+    authenticated like :func:`sim_network_client` (loopback only). Traffic Manager has no
+    long-running operations, so there is no polling interval; extra kwargs go to the client
+    (``retry_total``, ``per_retry_policies``, ``api_version``, ...)."""
+    from azure.mgmt.trafficmanager.aio import TrafficManagerManagementClient
+
+    if not _is_loopback(endpoint):
+        raise ValueError(f"sim clients only talk to loopback endpoints, not {endpoint!r}")
+    credential = credential or SimCredential()
+    kwargs.setdefault("authentication_policy", LoopbackBearerPolicy(credential, ARM_SCOPE))
+    return TrafficManagerManagementClient(
+        credential, subscription_id, base_url=endpoint.rstrip("/"), **kwargs
     )

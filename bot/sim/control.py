@@ -17,6 +17,10 @@ Routes (no authentication; the server only listens on loopback)::
                                              "instance"?: 0 | 1 | tunnel name | VIP}
     POST   /_sim/tunnels/idle               {"connection": id-or-name, "idle"?: true,
                                              "instance"?: 0 | 1 | tunnel name | VIP}
+    GET    /_sim/traffic-manager            profiles: status, endpoints with their monitor
+                                             status and health controls
+    POST   /_sim/traffic-manager/health     {"endpoint": id | profile/name | name,
+                                             "healthy"?: bool, "stopped"?: bool}
     GET    /_sim/faults                     armed rules
     POST   /_sim/faults                     FaultSpec -> 201 armed rule (with "id")
     DELETE /_sim/faults                     disarm all
@@ -145,6 +149,22 @@ def add_control_routes(app: web.Application, world: World) -> None:
         world.set_idle(_field(body, "connection"), flag, instance=instance(body))
         return web.json_response(world.tunnel_info(_field(body, "connection")))
 
+    async def traffic_manager(_: web.Request) -> web.StreamResponse:
+        return web.json_response(world.traffic_manager.snapshot())
+
+    async def endpoint_health(request: web.Request) -> web.StreamResponse:
+        body = await _json_body(request)
+        allowed = {"endpoint", "healthy", "stopped"}
+        if set(body) - allowed:
+            raise ValueError(f"unknown fields {sorted(set(body) - allowed)}")
+        flags = {k: body.get(k) for k in ("healthy", "stopped")}
+        if any(v is not None and not isinstance(v, bool) for v in flags.values()):
+            raise ValueError("healthy and stopped must be true or false")
+        endpoint = world.set_endpoint_health(
+            _field(body, "endpoint"), flags["healthy"], stopped=flags["stopped"]
+        )
+        return web.json_response(world.traffic_manager.endpoint_view(endpoint))
+
     async def list_faults(_: web.Request) -> web.StreamResponse:
         return web.json_response([r.model_dump() for r in world.faults.rules()])
 
@@ -185,6 +205,8 @@ def add_control_routes(app: web.Application, world: World) -> None:
         ("GET", "/_sim/tunnels/detail", tunnel_detail),
         ("POST", "/_sim/tunnels/drop", drop),
         ("POST", "/_sim/tunnels/idle", idle),
+        ("GET", "/_sim/traffic-manager", traffic_manager),
+        ("POST", "/_sim/traffic-manager/health", endpoint_health),
         ("GET", "/_sim/faults", list_faults),
         ("POST", "/_sim/faults", add_fault),
         ("DELETE", "/_sim/faults", clear_faults),

@@ -48,6 +48,20 @@ Example (TOML)::
 
     [dns]                                    # sim-local name table for LNG fqdn mode
     "static.example.net" = "203.0.113.7"
+
+    [[traffic_manager_profiles]]             # e.g. a multisite (AOVPN) entry point
+    resource_group = "rg-vpn"
+    name = "tm-vpn"
+    routing_method = "Priority"              # trafficRoutingMethod
+    relative_name = "vpn-contoso"            # dnsConfig.relativeName (default: the name)
+    monitor = { protocol = "HTTPS", port = 443, path = "/" }   # monitorConfig
+
+    [[traffic_manager_profiles.endpoints]]
+    name = "ep-home"
+    type = "ExternalEndpoints"               # or AzureEndpoints / NestedEndpoints
+    target = "home.example.net"              # (target_resource_id for Azure/Nested)
+    priority = 1
+    healthy = true                           # what the probes find (sim control)
 """
 
 from __future__ import annotations
@@ -106,6 +120,62 @@ class SeedDevice(_Strict):
     fqdn: str | None = None
 
 
+class SeedTmEndpoint(_Strict):
+    name: str
+    type: str = "ExternalEndpoints"
+    target: str | None = None
+    target_resource_id: str | None = None
+    endpoint_status: str = "Enabled"
+    priority: int | None = None
+    weight: int | None = None
+    endpoint_location: str | None = None
+    healthy: bool = True
+    stopped: bool = False
+    properties: dict[str, Any] = Field(default_factory=dict)  # further endpoint properties
+
+    def body(self) -> dict[str, Any]:
+        props = dict(self.properties)
+        fields = {
+            "target": self.target,
+            "targetResourceId": self.target_resource_id,
+            "endpointStatus": self.endpoint_status,
+            "priority": self.priority,
+            "weight": self.weight,
+            "endpointLocation": self.endpoint_location,
+        }
+        props.update({k: v for k, v in fields.items() if v is not None})
+        return {"name": self.name, "type": self.type, "properties": props}
+
+
+class SeedTmProfile(_Strict):
+    name: str
+    resource_group: str
+    subscription: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+    routing_method: str = "Priority"
+    relative_name: str | None = None
+    ttl: int = 60
+    profile_status: str = "Enabled"
+    monitor: dict[str, Any] = Field(
+        default_factory=lambda: {"protocol": "HTTPS", "port": 443, "path": "/"}
+    )
+    properties: dict[str, Any] = Field(default_factory=dict)  # further profile properties
+    endpoints: list[SeedTmEndpoint] = Field(default_factory=list)
+
+    def body(self) -> dict[str, Any]:
+        props = dict(self.properties)
+        props.update(
+            {
+                "profileStatus": self.profile_status,
+                "trafficRoutingMethod": self.routing_method,
+                "dnsConfig": {"relativeName": self.relative_name or self.name, "ttl": self.ttl},
+                "monitorConfig": dict(self.monitor),
+                "endpoints": [e.body() for e in self.endpoints],
+            }
+        )
+        return {"location": "global", "tags": self.tags, "properties": props}
+
+
 class SeedFile(_Strict):
     subscription: str = "00000000-0000-0000-0000-000000000000"
     settings: SimSettings = Field(default_factory=SimSettings)
@@ -115,6 +185,7 @@ class SeedFile(_Strict):
     connections: list[SeedConnection] = Field(default_factory=list)
     devices: list[SeedDevice] = Field(default_factory=list)
     dns: dict[str, str] = Field(default_factory=dict)
+    traffic_manager_profiles: list[SeedTmProfile] = Field(default_factory=list)
 
 
 def load_seed(path: str | Path) -> SeedFile:

@@ -100,6 +100,26 @@ RESOURCES_API_VERSIONS: tuple[str, ...] = (
 )
 
 
+# Traffic Manager api-versions (specification/trafficmanager/resource-manager/Microsoft.Network/
+# [TrafficManager/]stable/ and the previews beside them). Defaults measured in the wheels:
+# azure-mgmt-trafficmanager 1.0.0/1.1.0 -> 2022-04-01, 2.0.0 -> 2026-09-01; older SDKs sent
+# 2017-05-01 (0.40), 2018-02-01/2018-03-01 (0.50) and 2018-04-01 (0.51).
+TRAFFIC_MANAGER_API_VERSIONS: tuple[str, ...] = (
+    "2015-11-01",
+    "2017-03-01",
+    "2017-05-01",
+    "2017-09-01-preview",
+    "2018-02-01",
+    "2018-03-01",
+    "2018-04-01",
+    "2018-08-01",
+    "2022-04-01",
+    "2024-04-01-preview",
+    "2025-01-01-preview",
+    "2026-09-01",
+)
+
+
 class SimSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -127,4 +147,14 @@ class SimSettings(BaseModel):
     )
     azure_asn: int = Field(
         default=65515, ge=1, le=4294967295, description="ASN of the Azure VPN gateways"
+    )
+    traffic_manager_api_versions: list[str] = Field(
+        default_factory=lambda: list(TRAFFIC_MANAGER_API_VERSIONS),
+        description="api-versions accepted on trafficmanagerprofiles routes",
+    )
+    tm_probe_delay: float = Field(
+        default=0.0,
+        ge=0,
+        description="seconds an enabled Traffic Manager endpoint shows CheckingEndpoint before "
+        "its first probe result (after it is created or enabled, or its profile enabled)",
     )

@@ -76,6 +76,7 @@ from bot.sim.resources import (
 )
 from bot.sim.seed import SeedFile, load_seed
 from bot.sim.settings import SimSettings
+from bot.sim.trafficmanager import TmEndpoint, TrafficManager, endpoint_id
 from bot.sim.validation import (
     ipv4,
     validate_connection,
@@ -216,6 +217,7 @@ class World:
         self.counters = RequestCounters()
         self.ops = OperationBook(clock)
         self.limiter = RateLimiter(clock, ARM_LIMITS)
+        self.traffic_manager = TrafficManager(clock, lambda: self.settings, self._scope)
         self._gateway_slots: dict[str, int] = {}
 
     # ------------------------------------------------------------------ construction
@@ -301,6 +303,13 @@ class World:
             )
             if self._device_lng_key(self.devices[dev.name.lower()]) is None:
                 raise ValueError(f"device {dev.name!r}: LNG {dev.lng!r} not found or ambiguous")
+        for prof in seed.traffic_manager_profiles:
+            sub = prof.subscription or seed.subscription
+            self.traffic_manager.put_profile(sub, prof.resource_group, prof.name, prof.body())
+            for ep in prof.endpoints:
+                ep_id = endpoint_id(sub, prof.resource_group, prof.name, ep.type, ep.name)
+                self.traffic_manager.set_health(ep_id, ep.healthy, stopped=ep.stopped)
+        self.traffic_manager.settle_all()  # seeded endpoints have had their first probe
 
     # ------------------------------------------------------------------ scope & lookup
     def add_resource_group(
@@ -412,6 +421,7 @@ class World:
             for key in [k for k in self.resources if k.startswith(prefix)]:
                 self.resources.pop(key, None)
                 self.tunnels.pop(key, None)
+            self.traffic_manager.remove_group(sub, name)
             self.resource_groups.pop((sub.lower(), name.lower()), None)
             self.reevaluate()
 
@@ -1352,6 +1362,18 @@ class World:
             "tunnels": legs,
         }
 
+    def set_endpoint_health(
+        self, endpoint: str, healthy: bool | None = None, *, stopped: bool | None = None
+    ) -> TmEndpoint:
+        """What Traffic Manager's probes of an endpoint find (``profile/endpoint``, a unique
+        name or the id): Online while healthy, Degraded while not; ``stopped`` shows Stopped."""
+        return self.traffic_manager.set_health(endpoint, healthy, stopped=stopped)
+
+    def endpoint_monitor_status(self, endpoint: str) -> str:
+        """An endpoint's ``endpointMonitorStatus`` now (see :mod:`bot.sim.trafficmanager`)."""
+        tm = self.traffic_manager
+        return tm.monitor_status(tm.find_endpoint(endpoint))
+
     def add_fault(self, spec: FaultSpec | None = None, **fields: Any) -> FaultRule:
         """Arm a fault rule (see :mod:`bot.sim.faults`)."""
         return self.faults.add(spec or FaultSpec(**fields))
@@ -1382,6 +1404,11 @@ class World:
                 for r in self.resources.values()
                 if r.kind is Kind.CONNECTION
             },
+            "trafficManager": [
+                self.traffic_manager.render_profile(p)
+                | {"sim": [self.traffic_manager.endpoint_view(e) for e in p.endpoints.values()]}
+                for p in sorted(self.traffic_manager.profiles.values(), key=lambda p: p.key)
+            ],
             "faults": [r.model_dump() for r in self.faults.rules()],
             "operations": self.ops.snapshot(),
             "counters": self.counters.snapshot(),

@@ -171,17 +171,34 @@ def precondition_failed(exc: BaseException) -> bool:
     return status_of(exc) == 412
 
 
+def tunnel_status(conn: Any, via: str | None) -> str:
+    """The connection's status, or with ``via`` (a gateway instance's public IP) that of its
+    tunnel through that instance (``tunnelConnectionStatus[]``, named ``{connection}_{ip}``)."""
+    if via is None:
+        return text(conn.connection_status) or "Unknown"
+    for entry in conn.tunnel_connection_status or []:
+        if str(entry.tunnel or "").endswith(f"_{via}"):
+            return text(entry.connection_status) or "Unknown"
+    return "NoTunnel"
+
+
 async def wait_connected(
-    client: NetworkManagementClient, t: AzureTarget, wait_s: float, interval: float
+    client: NetworkManagementClient,
+    t: AzureTarget,
+    wait_s: float,
+    interval: float,
+    *,
+    via: str | None = None,
 ) -> tuple[bool, str, float]:
-    """Poll until the connection reports Connected: (connected, last status, seconds waited).
+    """Poll until the connection (``via``: its tunnel through that gateway instance) reports
+    Connected: (connected, last status, seconds waited).
 
     A throttled or failing read inside the wait is only a missed sample, not a failure."""
     began = time.monotonic()
 
     async def status() -> str:
         conn = await client.virtual_network_gateway_connections.get(t.resource_group, t.connection)
-        return text(conn.connection_status) or "Unknown"
+        return tunnel_status(conn, via)
 
     waited = await sample_until(
         status, lambda s: s == "Connected", within=wait_s, every=interval, tolerate=is_transient

@@ -25,6 +25,7 @@ from playbooks.azure.common import (
     network,
     target,
     text,
+    tunnel_status,
     wait_connected,
 )
 from playbooks.base import Playbook, RunContext
@@ -36,66 +37,76 @@ class WaitParams(BaseModel):
     interval: float = Field(5.0, gt=0, le=300, description="seconds between status reads")
 
 
+class VerifyParams(WaitParams):
+    via: str | None = Field(
+        None,
+        max_length=64,
+        description="a gateway instance's public IP: its tunnel must be Connected (active-"
+        "active gateways; e.g. after a failback to the primary)",
+    )
+
+
 class ResetParams(WaitParams):
     force: bool = Field(False, description="reset even when the connection reports Connected")
 
 
-async def _status(ctx: RunContext, t: AzureTarget) -> str:
+async def _status(ctx: RunContext, t: AzureTarget, via: str | None = None) -> str:
     client = await network(ctx)
     conn = await client.virtual_network_gateway_connections.get(t.resource_group, t.connection)
-    return text(conn.connection_status) or "Unknown"
+    return tunnel_status(conn, via)
 
 
-async def _unless_connected(ctx: RunContext, params: WaitParams) -> str | None:
-    """None if the connection reports Connected, else why it is down."""
+async def _unless_connected(
+    ctx: RunContext, params: WaitParams, via: str | None = None
+) -> str | None:
+    """None if the connection (its tunnel ``via``) reports Connected, else why it is down."""
     t = target(ctx)
-    status = await _status(ctx, t)
+    status = await _status(ctx, t, via)
     if status == "Connected":
         return None
-    return await _why_down(ctx, t, status, params.timeout)
+    return await _why_down(ctx, t, status, params.timeout, via)
 
 
-async def _why_down(ctx: RunContext, t: AzureTarget, status: str, waited: float) -> str:
+async def _why_down(
+    ctx: RunContext, t: AzureTarget, status: str, waited: float, via: str | None = None
+) -> str:
     client = await network(ctx)
     lng = await client.local_network_gateways.get(t.resource_group, t.local_network_gateway)
     address = lng.gateway_ip_address or lng.fqdn or "(none)"
+    what = f"connection {t.connection}" + (f" (its tunnel via {via})" if via else "")
     return (
-        f"connection {t.connection} is {status} after {waited:.0f}s; "
+        f"{what} is {status} after {waited:.0f}s; "
         f"lng {t.local_network_gateway} points at {address} "
         f"(provisioning {text(lng.provisioning_state) or 'unknown'})"
     )
 
 
-class VerifyTunnel(Playbook[WaitParams]):
+class VerifyTunnel(Playbook[VerifyParams]):
     name = "verify-tunnel"
-    summary = "Wait until the site's connection reports Connected, or say why not"
-    params_model = WaitParams
+    summary = "Wait until the site's connection (or its tunnel via one gateway instance) is up"
+    params_model = VerifyParams
     permissions = (f"{NET}/connections/read", f"{NET}/localNetworkGateways/read")
 
-    async def plan(self, ctx: RunContext, params: WaitParams) -> Plan:
+    async def plan(self, ctx: RunContext, params: VerifyParams) -> Plan:
         t = target(ctx)
-        status = await _status(ctx, t)
+        status = await _status(ctx, t, params.via)
         if status == "Connected":
             return Plan()
+        where = f"connection {t.connection}" + (f" tunnel via {params.via}" if params.via else "")
         return Plan(
-            changes=[
-                Change(
-                    target=f"connection {t.connection}",
-                    field="connectionStatus",
-                    old=status,
-                    new="Connected",
-                )
-            ]
+            changes=[Change(target=where, field="connectionStatus", old=status, new="Connected")]
         )
 
-    async def apply(self, ctx: RunContext, params: WaitParams, plan: Plan) -> str:
+    async def apply(self, ctx: RunContext, params: VerifyParams, plan: Plan) -> str:
         t = target(ctx)
         client = await network(ctx)
-        up, status, waited = await wait_connected(client, t, params.timeout, params.interval)
+        up, status, waited = await wait_connected(
+            client, t, params.timeout, params.interval, via=params.via
+        )
         return f"Connected after {waited:.1f}s" if up else f"still {status} after {waited:.0f}s"
 
-    async def verify(self, ctx: RunContext, params: WaitParams) -> str | None:
-        return await _unless_connected(ctx, params)
+    async def verify(self, ctx: RunContext, params: VerifyParams) -> str | None:
+        return await _unless_connected(ctx, params, params.via)
 
 
 class ResetConnection(Playbook[ResetParams]):
