@@ -8,12 +8,12 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from bot.config import Settings
-from bot.redact import Redactor
+from bot.redact import Redactor, use_process_redactor
 from bot.redisconn import open_redis, redact_url
 from bot.runner import Runner
 from bot.services import Services
@@ -31,6 +31,7 @@ async def open_services(
 ) -> AsyncIterator[Services]:
     async with open_redis(settings.redis, redis_url) as redis:
         services = Services.build(settings, redis, redact=redact)
+        use_process_redactor(services.redact)  # for drivers handed no Services
         try:
             yield services
         finally:
@@ -117,6 +118,8 @@ async def run_process(
     stop = stop or asyncio.Event()
     if handle_signals:
         stop_on_signals(stop)
+    for line in settings.warnings():  # accepted, but questionable (also: config check)
+        log.warning("config: %s", line)
     async with open_services(settings, redis_url, redact) as services:
         target = redis_url or settings.redis.url or "embedded"
         log.info("redis: %s", redact_url(target))
@@ -126,6 +129,7 @@ async def run_process(
         health.start()
         runners = []
         tasks: list[asyncio.Task[None]] = []
+        chats: list[Any] = []  # Slack Socket Mode clients, closed on the way out
         try:
             admin = settings.admin
             admin_runner, admin_port = await start_http(
@@ -143,6 +147,16 @@ async def run_process(
                 log.info("http: listening on %s:%d", settings.http.host, port)
             if the_worker is not None:
                 tasks.append(asyncio.create_task(the_worker.run(stop), name="worker"))
+                from bot.commands import expire_pauses_loop
+
+                tasks.append(asyncio.create_task(expire_pauses_loop(services, stop), name="pauses"))
+            slack = settings.chat.slack
+            if http and slack.enabled and slack.mode == "socket":
+                from bot.chat.slack import SlackChat
+
+                socket_chat = SlackChat(services)
+                socket_chat.start()  # outbound only; connects (and retries) in the background
+                chats.append(socket_chat)
             if sources:
                 tasks.append(asyncio.create_task(poll_sources(services, stop), name="sources"))
             waiter = asyncio.create_task(stop.wait())
@@ -152,6 +166,8 @@ async def run_process(
             for task in tasks:
                 await task  # the worker drains within its grace period
         finally:
+            for chat in chats:
+                await chat.close()
             await health.stop()
             for runner in runners:
                 await runner.cleanup()

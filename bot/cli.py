@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
@@ -43,6 +45,11 @@ app.add_typer(config_app, name="config")
 app.add_typer(sim_app, name="sim")
 probe_app = typer.Typer(help="The sites' health probes: list them, run one now.")
 app.add_typer(probe_app, name="probe")
+failover_app = typer.Typer(
+    help="A site's failover pair: hold failback (failback by hand only), release, show.",
+    no_args_is_help=True,
+)
+app.add_typer(failover_app, name="failover")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -184,20 +191,39 @@ def emit(
     site: Annotated[str, typer.Option("--site", help="Site name")],
     data: Annotated[str | None, typer.Option("--data", help="JSON object")] = None,
     key: Annotated[str | None, typer.Option("--key", help="Idempotency key")] = None,
+    confirm_destructive: Annotated[
+        bool,
+        typer.Option(
+            "--confirm-destructive",
+            help="playbook.requested: run a destructive playbook the site's policy does not allow",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Put an event on the queue, as a source would (checked like every other entry point).
 
     ip.changed records the address as the site's observed address (the same checks as a
-    router push) and publishes the hint; other types are published as given."""
+    router push) and publishes the hint; playbook.requested is checked like playbook run;
+    other types are published as given."""
     import handlers
+    import playbooks
     from bot.events import Event, parse_data
-    from bot.gate import Refused, event_data
+    from bot.gate import REQUESTED, Refused, event_data
 
     settings = _settings(ctx)
     try:
         payload = parse_data(data)
-        checked = event_data(settings, handlers.builtin(), type, site, payload)
+        checked = event_data(
+            settings,
+            handlers.builtin(),
+            type,
+            site,
+            payload,
+            playbooks=playbooks.builtin(),
+            confirm_destructive=confirm_destructive,
+        )
+        if type == REQUESTED:  # the gate's normalised parameters and confirmation
+            payload = checked.model_dump(mode="json")
         event = Event.new(type, site, source="cli", data=payload, idempotency_key=key)
     except Refused as exc:
         _fail(str(exc))
@@ -452,6 +478,8 @@ def _print_record(record: RunRecord) -> None:
 def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Queue, workers and sites at a glance."""
 
+    from bot.scheduler import RECONCILE
+
     async def gather(services: Services) -> dict[str, Any]:
         state = services.state
         stats = await services.queue.stats()
@@ -470,6 +498,8 @@ def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
                     "state": site_state,
                     "active_runs": await state.active_runs(name),
                     "last_run": last[0].model_dump(mode="json") if last else None,
+                    "next_check": await services.scheduler.due_at(RECONCILE, name),
+                    "changes_last_hour": await state.changes_since(name, 3600),
                 }
             )
         workers = [{"name": n, "last_seen": ts} for n, ts in await state.live_workers(within=60)]
@@ -497,7 +527,15 @@ def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     else:
         out.print(f"redis persistence: {persistence}", highlight=False)
     table = Table(
-        "site", "reconcile", "tunnel", "probes", "paused", "active runs", "last run", "outcome"
+        "site",
+        "reconcile",
+        "tunnel",
+        "probes",
+        "paused",
+        "active runs",
+        "last run",
+        "outcome",
+        "next check",
     )
     for s in doc["sites"]:
         last = s["last_run"]
@@ -514,13 +552,26 @@ def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
             s["name"] + ("" if s["configured"] else " (not configured)"),
             reconcile,
             tunnel,
-            f"{len(probes) - len(down)}/{len(probes)} up" if probes else "-",
+            (f"{len(probes) - len(down)}/{len(probes)} up" if probes else "-")
+            + (f" (down: {', '.join(sorted(down))})" if down else ""),
             "yes" if s["paused"] else "",
             str(len(s["active_runs"])),
             _ago(last["finished_at"]) if last else "-",
             last["outcome"] if last else "-",
+            _in(s["next_check"]) if s["next_check"] else "-",
         )
     out.print(table)
+
+
+def _in(ts: float) -> str:
+    """A time to come, as ``in 4m`` (``now`` when it is due)."""
+    secs = int(ts - time.time())
+    if secs <= 0:
+        return "now"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size:
+            return f"in {secs // size}{unit}"
+    return f"in {secs}s"
 
 
 def _ago(ts: float) -> str:
@@ -649,7 +700,9 @@ def probe_run(
     spec = specs[name]
     result = asyncio.run(probe(spec))
     if as_json:
-        _print_json({"site": site, "probe": name, "kind": spec.kind, **result.__dict__})
+        from dataclasses import asdict  # ProbeResult has slots: no __dict__
+
+        _print_json({"site": site, "probe": name, "kind": spec.kind, **asdict(result)})
     else:
         colour = "green" if result.ok else "red"
         latency = f" in {result.latency_s * 1000:.1f} ms" if result.latency_s is not None else ""
@@ -677,6 +730,8 @@ def config_check(ctx: typer.Context, config: ConfigOpt = None) -> None:
             sys.stdout.write(line + "\n")
         raise typer.Exit(1) from None
     where = config_path(path) or "defaults"
+    for line in settings.warnings():  # accepted, but worth a second look
+        sys.stdout.write(f"warning: {line}\n")
     out.print(f"ok: {where} ({len(settings.sites)} site(s))", highlight=False)
 
 
@@ -760,12 +815,35 @@ def sim_sites(
         asyncio.run(sites_main("127.0.0.1", port, config, arm_url=arm, ties=ties))
 
 
+@sim_app.command("slack")
+def sim_slack(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 = any free one)")] = 0,
+    signing_secret_env: Annotated[
+        str | None,
+        typer.Option(help="Variable holding the signing secret its HTTP-mode helper signs with"),
+    ] = None,
+) -> None:
+    """A loopback Slack: the Web API the bot calls, Socket Mode, /_sim/messages (Ctrl-C)."""
+    import contextlib
+    import os
+
+    from bot.sim.slack import main as slack_main
+
+    secret = os.environ.get(signing_secret_env) if signing_secret_env else None
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(slack_main("127.0.0.1", port, signing_secret=secret))
+
+
 @sim_app.command("devices")
 def sim_devices(
     host: Annotated[str, typer.Option(help="127.0.0.1 or ::1 (nothing else)")] = "127.0.0.1",
     sonicos_port: Annotated[int, typer.Option(help="SonicOS API port (0 = any)")] = 0,
     barracuda_port: Annotated[int, typer.Option(help="Barracuda REST API port (0 = any)")] = 0,
     kemp_port: Annotated[int, typer.Option(help="KEMP LoadMaster API port (0 = any)")] = 0,
+    arm: Annotated[
+        str | None,
+        typer.Option(help="ARM simulator URL whose tunnels follow the SonicOS gateway in use"),
+    ] = None,
 ) -> None:
     """SonicOS, Barracuda and KEMP device simulators on loopback until Ctrl-C (prints URLs)."""
     import contextlib
@@ -784,8 +862,186 @@ def sim_devices(
                 sonicos_port=sonicos_port,
                 barracuda_port=barracuda_port,
                 kemp_port=kemp_port,
+                arm_url=arm,
             )
         )
+
+
+# --- failover ---------------------------------------------------------------------------
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``30m``, ``2h``, ``1d`` in seconds; ValueError with a one-line reason."""
+    raw = text.strip().lower()
+    number, unit = (raw[:-1], raw[-1]) if raw[-1:] in _UNITS else (raw, "s")
+    try:
+        value = float(number) * _UNITS[unit]
+    except ValueError:
+        raise ValueError(f"not a duration: {text!r} (e.g. 90s, 30m, 2h, 1d)") from None
+    if not 0 < value <= 365 * 86400:
+        raise ValueError(f"duration out of range: {text!r} (more than 0, at most 365d)")
+    return value
+
+
+def _failover_site(ctx: typer.Context, site: str) -> Settings:
+    settings = _settings(ctx)
+    config = settings.sites.get(site)
+    if config is None:
+        known = ", ".join(sorted(settings.sites)) or "none configured"
+        _fail(f"unknown site {site!r} (sites: {known})")
+    if config.failover is None:
+        _fail(f"site {site!r} has no [sites.{site}.failover] pair")
+    return settings
+
+
+async def _nudge(services: Services, site: str, fields: dict[str, str]) -> str:
+    """Write ``fields`` into the site's state and ask its failover reconciler to look now."""
+    from bot.events import Event
+    from bot.scheduler import FAILOVER
+
+    await services.state.set_site_state(site, fields)
+    stamp = f"{time.time():.6f}"  # each nudge is a run of its own, not a duplicate
+    event = Event.new(FAILOVER, site, source="cli", idempotency_key=f"cli:{FAILOVER}:{stamp}")
+    await services.queue.publish(event)
+    return event.id
+
+
+@failover_app.command("hold")
+def failover_hold(
+    ctx: typer.Context,
+    site: Annotated[str, typer.Argument(help="Site name")],
+    for_: Annotated[
+        str | None,
+        typer.Option("--for", help="how long, e.g. 30m, 2h, 1d (default: until released)"),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Hold failback (research C5's 'nopreempt'): traffic stays where it is; failback happens
+    only by hand (e.g. ``playbook run sonicwall-preempt --param enabled=true``)."""
+    _failover_site(ctx, site)
+    try:
+        until = None if for_ is None else time.time() + parse_duration(for_)
+    except ValueError as exc:
+        _fail(str(exc))
+    value = "indefinite" if until is None else f"{until:.3f}"
+    event_id = _with_services(ctx, lambda s: _nudge(s, site, {"failover.hold": value}))
+    shown = "until released" if until is None else "until " + _clock(until)
+    if as_json:
+        _print_json({"site": site, "hold": value, "event_id": event_id})
+    else:
+        out.print(f"failback held for {site} {shown} (event {event_id})", highlight=False)
+
+
+@failover_app.command("release")
+def failover_release(
+    ctx: typer.Context,
+    site: Annotated[str, typer.Argument(help="Site name")],
+    as_json: JsonOpt = False,
+) -> None:
+    """End a hold: the damping decides failback again."""
+    _failover_site(ctx, site)
+    event_id = _with_services(ctx, lambda s: _nudge(s, site, {"failover.hold": ""}))
+    if as_json:
+        _print_json({"site": site, "hold": None, "event_id": event_id})
+    else:
+        out.print(f"failback hold released for {site} (event {event_id})", highlight=False)
+
+
+@failover_app.command("status")
+def failover_status(
+    ctx: typer.Context,
+    site: Annotated[str, typer.Argument(help="Site name")],
+    as_json: JsonOpt = False,
+) -> None:
+    """The pair's damping state: active path, penalty, suppression, probation, hold."""
+    _failover_site(ctx, site)
+
+    async def read(services: Services) -> dict[str, str]:
+        return await services.state.site_state(site)
+
+    state = _with_services(ctx, read)
+    fields = {
+        k: v
+        for k, v in sorted(state.items())
+        if k.startswith(("damping.", "failover.", "path.")) and v != ""
+    }
+    if as_json:
+        _print_json({"site": site, "state": fields})
+        return
+    table = Table("field", "value", box=None)
+    for key, value in fields.items():
+        table.add_row(key, value)
+    out.print(table if fields else f"no failover state recorded for {site} yet")
+
+
+def _clock(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+# --- chat's command layer (bot/commands.py): the same functions chat calls -------------
+
+
+def _command(ctx: typer.Context, line: list[str], as_json: bool) -> None:
+    """Run one command of the shared command layer as the CLI user (no chat roles)."""
+    from bot.commands import Caller, context, dispatch
+
+    _settings(ctx)  # a bad config fails here, with its problems listed
+    text = " ".join(shlex.quote(word) for word in line)
+
+    async def go(services: Services) -> Any:
+        return await dispatch(context(services, Caller.cli(), cli=True), text)
+
+    reply = _with_services(ctx, go)
+    if as_json:
+        _print_json({"ok": reply.ok, "text": reply.text, "lines": reply.lines})
+    else:
+        (out if reply.ok else err).print(escape(reply.plain()), highlight=False)
+    raise typer.Exit(0 if reply.ok else 1)
+
+
+@app.command()
+def pause(
+    ctx: typer.Context,
+    site: Annotated[str, typer.Argument(help="Site name")],
+    for_: Annotated[
+        str | None, typer.Option("--for", help="how long, e.g. 30m, 2h (default: until resumed)")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Pause a site: no handler changes it until resume (or --for runs out)."""
+    _command(ctx, ["pause", site, *([for_] if for_ else [])], as_json)
+
+
+@app.command()
+def resume(
+    ctx: typer.Context,
+    site: Annotated[str, typer.Argument(help="Site name")],
+    as_json: JsonOpt = False,
+) -> None:
+    """End a site's pause and ask for a reconcile."""
+    _command(ctx, ["resume", site], as_json)
+
+
+@app.command()
+def approve(
+    ctx: typer.Context,
+    approval_id: Annotated[str, typer.Argument(metavar="ID", help="Approval request id")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Approve a waiting destructive run (not your own); it is queued at once."""
+    _command(ctx, ["approve", approval_id], as_json)
+
+
+@app.command()
+def deny(
+    ctx: typer.Context,
+    approval_id: Annotated[str, typer.Argument(metavar="ID", help="Approval request id")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Deny (or withdraw) a waiting destructive run."""
+    _command(ctx, ["deny", approval_id], as_json)
 
 
 def main() -> None:

@@ -31,6 +31,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from bot.chat.models import ChannelConfig
+from bot.chat.roles import RolesConfig
 
 if TYPE_CHECKING:
     from bot.redact import Redactor
@@ -360,8 +361,8 @@ class SiteConfig(Section):
     probe_quorum: int | None = Field(
         None,
         ge=1,
-        description="probes that must agree before the site is judged down by its probes "
-        "(default 2 where a site has two or more, else 1)",
+        description="through-tunnel probes that must fail before the site is judged down by "
+        "its probes (default 2 where a site has two or more of them, else 1)",
     )
     policy: dict[str, Any] = Field(
         default_factory=dict, description="overrides of [policies] keys for this site"
@@ -421,10 +422,29 @@ class SiteConfig(Section):
 
     @property
     def quorum(self) -> int:
-        """How many probes must fail before the site is judged down by its probes."""
+        """How many through-tunnel probes must fail before the site is judged down by its
+        probes (only those count: a plain probe failing is not the tunnel's fault)."""
         if self.probe_quorum is not None:
             return self.probe_quorum
-        return 2 if len(self.probes) >= 2 else 1
+        return 2 if sum(p.through_tunnel for p in self.probes) >= 2 else 1
+
+    @model_validator(mode="after")
+    def _probe_quorum_fits(self) -> SiteConfig:
+        through = sum(p.through_tunnel for p in self.probes)
+        if self.probe_quorum is not None and self.probe_quorum > through:
+            raise ValueError(
+                f"probe_quorum {self.probe_quorum} is more than the {through} through-tunnel "
+                "probes (only probes with through_tunnel = true count)"
+            )
+        return self
+
+    def warnings(self) -> list[str]:
+        """Accepted but questionable settings of the site, as ``key: sentence`` lines."""
+        return [
+            f"probes.{i} ({spec.name}): {text}"
+            for i, spec in enumerate(self.probes)
+            for text in spec.warnings()
+        ]
 
     @field_validator("policy")
     @classmethod
@@ -483,8 +503,70 @@ class HooksConfig(Section):
     azure_monitor: AzureMonitorHook = AzureMonitorHook()
 
 
+class SlackChatConfig(Section):
+    """``[chat.slack]``: slash commands and buttons (docs/chat.md)."""
+
+    enabled: bool = False
+    mode: Literal["socket", "http"] = Field(
+        "socket", description="socket: outbound only (behind NAT); http: POST /chat/slack/events"
+    )
+    bot_token: SecretStr | None = Field(None, description="xoxb-...: chat.postMessage etc.")
+    app_token: SecretStr | None = Field(None, description="xapp-...: Socket Mode only")
+    signing_secret: SecretStr | None = Field(None, description="HTTP mode: v0 signatures")
+    api_url: str | None = Field(None, description="Web API base (default Slack's; or the sim)")
+    command: str = Field("/tunnelwarden", pattern=r"^/[a-z0-9_-]{1,31}$")
+
+    @model_validator(mode="after")
+    def _complete(self) -> Self:
+        if not self.enabled:
+            return self
+        need = ["bot_token", "app_token" if self.mode == "socket" else "signing_secret"]
+        missing = [n for n in need if getattr(self, n) is None]
+        if missing:
+            raise ValueError(f"{self.mode} mode needs {' and '.join(missing)} (_env or _file)")
+        return self
+
+
+class DiscordChatConfig(Section):
+    """``[chat.discord]``: interactions at POST /chat/discord/interactions."""
+
+    enabled: bool = False
+    application_id: str = Field("", pattern=r"^[0-9]{0,25}$")
+    public_key: str = Field("", description="the application's hex Ed25519 key (not a secret)")
+    command: str = Field("tunnelwarden", pattern=r"^[a-z0-9_-]{1,32}$")
+    api_url: str = Field("https://discord.com/api/v10", description="follow-ups go here")
+
+    @model_validator(mode="after")
+    def _complete(self) -> Self:
+        if self.enabled:
+            if not self.application_id:
+                raise ValueError("application_id is required when enabled")
+            from bot.chat.verify import load_discord_public_key
+
+            load_discord_public_key(self.public_key)
+        return self
+
+
+class TeamsChatConfig(Section):
+    """``[chat.teams]``: an outgoing webhook at POST /chat/teams/outgoing (read-only)."""
+
+    enabled: bool = False
+    security_token: SecretStr | None = Field(None, description="base64, shown by Teams")
+
+    @model_validator(mode="after")
+    def _complete(self) -> Self:
+        if self.enabled and self.security_token is None:
+            raise ValueError("security_token is required when enabled (_env or _file)")
+        return self
+
+
 class ChatConfig(Section):
     enabled: bool = Field(True, description="false mutes every [[notify]] channel")
+    roles: RolesConfig = RolesConfig()
+    slack: SlackChatConfig = SlackChatConfig()
+    discord: DiscordChatConfig = DiscordChatConfig()
+    teams: TeamsChatConfig = TeamsChatConfig()
+    approval_ttl: float = Field(900.0, gt=0, le=86400, description="approval requests expire")
 
 
 CLOUDS = {
@@ -591,7 +673,10 @@ class LogConfig(Section):
 
 
 class NotifyChannel(ChannelConfig):
-    """A chat channel (``[[notify]]``); its webhook URL is a secret: ``url_file``/``url_env``."""
+    """A chat channel (``[[notify]]``); its webhook URL is a secret: ``url_file``/``url_env``.
+
+    For ``kind = "apprise"`` the same ``url`` (and twins) holds one or more apprise URLs.
+    """
 
     @model_validator(mode="before")
     @classmethod
@@ -640,6 +725,11 @@ class Settings(BaseSettings):
     def allow_documentation_ips(self) -> bool:
         flag = self.detect.allow_documentation
         return self.azure.cloud == "sim" if flag is None else flag
+
+    def warnings(self) -> list[str]:
+        """Accepted but questionable settings, one ``key path: sentence`` line each (shown by
+        ``config check`` and logged at start-up)."""
+        return [f"sites.{name}.{line}" for name, s in self.sites.items() for line in s.warnings()]
 
     def policy_for(self, site: str) -> Policy:
         """The effective policy of a site: defaults with the site's overrides applied."""
@@ -821,6 +911,9 @@ def _cross_checks(settings: Settings) -> list[str]:
         for site_name in source.sites:
             if site_name not in settings.sites:
                 problems.append(f"sources.{i}.sites: unknown site {site_name!r}")
+    for name in settings.chat.roles.sites:
+        if name not in settings.sites:
+            problems.append(f"chat.roles.sites.{name}: unknown site {name!r}")
     users: dict[str, str] = {}
     hosts: dict[str, str] = {}
     for name, site in settings.sites.items():

@@ -94,8 +94,12 @@ class DampingConfig(BaseModel):
     @property
     def max_penalty(self) -> float:
         """`reuse · 2^(max_suppress / half_life)`: from the cap, the penalty decays to reuse
-        within `max_suppress_s`."""
-        return self.reuse_threshold * math.exp2(self.max_suppress_s / self.half_life_s)
+        within `max_suppress_s`. Unbounded (infinite) when that is beyond a float, e.g. a
+        one-second half-life with an hour's maximum suppression."""
+        try:
+            return self.reuse_threshold * math.exp2(self.max_suppress_s / self.half_life_s)
+        except OverflowError:
+            return math.inf
 
 
 class _Flat(BaseModel):

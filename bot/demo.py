@@ -30,6 +30,8 @@ from bot.embedded import EmbeddedRedis
 from bot.models import RunRecord
 from bot.services import Services
 from bot.sim.arm import start_arm_sim
+from bot.sim.devices.link import SonicOSLink, WorldPort
+from bot.sim.devices.sonicos import SonicOSDevice, default_policy, start_sonicos_sim
 from bot.sim.sites import start_sites_sim
 from bot.sim.world import World
 
@@ -50,6 +52,21 @@ SITES = (
     DemoSite("home", "fritzbox-home", "198.51.100.10", "home.demo.example"),
     DemoSite("branch", "sonicwall-branch", "198.51.100.20", "branch.demo.example"),
 )
+# The failback scene's site: a SonicWall whose primary and secondary gateway are the two
+# instances of an active-active Azure gateway; its credential is the simulator's, demo only.
+CAMPUS = "campus"
+CAMPUS_IP = "198.51.100.30"
+CAMPUS_FW_PASSWORD = "campus-demo-fw-pw"
+# Damping in seconds instead of minutes, so the scene fits in the demo's minute.
+CAMPUS_DAMPING = {
+    "fail_after": 2,
+    "success_after": 2,
+    "stable_s": 3.0,
+    "half_life_s": 3.0,
+    "max_suppress_s": 60.0,
+    "min_failback_interval_s": 0.0,
+    "verify_window_s": 3.0,  # longer than the failback run: "stable" is its own message
+}
 
 
 def demo_world(tunnel_delay: float) -> World:
@@ -83,7 +100,42 @@ def demo_world(tunnel_delay: float) -> World:
         seed["devices"].append(
             {"name": s.device, "public_ip": s.first_ip, "shared_key": KEY, "lng": f"lng-{s.name}"}
         )
+    seed["virtual_network_gateways"].append(
+        {"resource_group": RG, "name": "vpngw-aa", "properties": {"activeActive": True}}
+    )
+    seed["local_network_gateways"].append(
+        {
+            "resource_group": RG,
+            "name": f"lng-{CAMPUS}",
+            "gateway_ip_address": CAMPUS_IP,
+            "address_prefixes": ["192.168.30.0/24"],
+        }
+    )
+    seed["connections"].append(
+        {
+            "resource_group": RG,
+            "name": f"conn-{CAMPUS}",
+            "virtual_network_gateway": "vpngw-aa",
+            "local_network_gateway": f"lng-{CAMPUS}",
+            "shared_key": KEY,
+        }
+    )
+    seed["devices"].append(
+        {"name": "sonicwall-campus", "public_ip": CAMPUS_IP, "shared_key": KEY, "lng": "lng-campus"}
+    )
     return World.from_seed(seed)
+
+
+@dataclass
+class Campus:
+    """The failback scene's pieces: the SonicWall (simulated SonicOS API, wired into the
+    world) and the IKE responders of the two Azure gateway instances it can reach."""
+
+    device: SonicOSDevice
+    primary: str
+    secondary: str
+    api_port: int
+    probe_ports: dict[str, int]
 
 
 def demo_settings(
@@ -94,6 +146,7 @@ def demo_settings(
     sink: str,
     tunnel_delay: float,
     probe_ports: dict[str, int] | None = None,
+    campus: Campus | None = None,
 ) -> Settings:
     sites: dict[str, Any] = {
         s.name: {
@@ -113,6 +166,8 @@ def demo_settings(
             {"name": "intranet", "kind": "http", "url": f"http://127.0.0.1:{ports['intranet']}/",
              "expect": "401", "through_tunnel": True, **common},
         ]  # fmt: skip
+    if campus is not None:
+        sites[CAMPUS] = campus_site(campus)
     return load_config(
         None,
         overrides={
@@ -146,6 +201,40 @@ def demo_settings(
     )
 
 
+def campus_site(campus: Campus) -> dict[str, Any]:
+    def ike(name: str) -> dict[str, Any]:
+        target = f"127.0.0.1:{campus.probe_ports[name]}"
+        return {"name": name, "kind": "ikev2", "target": target, "interval": 0.2, "timeout": 0.15}
+
+    return {
+        "description": "SonicWall with a primary and a secondary gateway",
+        "resource_group": RG,
+        "local_network_gateway": f"lng-{CAMPUS}",
+        "connection": f"conn-{CAMPUS}",
+        "probes": [ike("ike-a"), ike("ike-b"), ike("ike-s")],
+        "devices": [
+            {
+                "name": "fw",
+                "kind": "sonicwall",
+                "url": f"http://127.0.0.1:{campus.api_port}",
+                "username": "admin",
+                "password": CAMPUS_FW_PASSWORD,
+                "policy": "Azure",
+            }
+        ],
+        "failover": {
+            "actor": "sonicwall",
+            "primary": campus.primary,
+            "secondary": campus.secondary,
+            "primary_probes": ["ike-a", "ike-b"],
+            "secondary_probes": ["ike-s"],
+            "preempt_interval": 1,
+            "verify_timeout": 1.5,
+            "damping": CAMPUS_DAMPING,
+        },
+    }
+
+
 @dataclass
 class Change:
     site: DemoSite
@@ -170,6 +259,9 @@ class Sink:
         self.received.append(body)
         colour = {"info": "green", "warning": "yellow"}.get(body.get("severity", ""), "red")
         self.console.print(f"  [{colour}]chat[/{colour}] {body['title']}", highlight=False)
+        summary = str(body.get("summary") or "")
+        if summary and "\n" not in summary:
+            self.console.print(f"       [dim]{escape(summary)}[/dim]", highlight=False)
         if body.get("next_step"):
             self.console.print(f"       next step: {body['next_step']}", highlight=False)
         return web.Response(text="ok")
@@ -226,6 +318,35 @@ async def run_demo(console: Console, changes: int, tunnel_delay: float, state_di
         }
     )
     responders.tie("branch", routes.up)
+    primary, secondary = world.gateway_vips("vpngw-aa")
+    device = SonicOSDevice(
+        password=CAMPUS_FW_PASSWORD,
+        policies=[{**default_policy(), "gateway": {"primary": primary, "secondary": secondary}}],
+    )
+    sonicos_runner, sonicos_port = await start_sonicos_sim(device)
+    link = SonicOSLink(device, WorldPort(world), tick=0.05)
+    await link.start()
+    ike = {"kind": "ikev2", "behind_tunnel": True}
+    gateways = await start_sites_sim(
+        {
+            "sites": [
+                {"name": "primary-gw", "responders": [{"name": n, **ike} for n in ("a", "b")]},
+                {"name": "secondary-gw", "responders": [{"name": "s", "kind": "ikev2"}]},
+            ]
+        },
+        tunnels={"primary-gw": lambda: device.is_reachable(primary)},
+    )
+    campus = Campus(
+        device,
+        primary,
+        secondary,
+        sonicos_port,
+        {
+            "ike-a": gateways.port("primary-gw", "a"),
+            "ike-b": gateways.port("primary-gw", "b"),
+            "ike-s": gateways.port("secondary-gw", "s"),
+        },
+    )
     try:
         redis_url = await embedded.start()
         async with _serve(sink_app) as sink_port:
@@ -237,6 +358,7 @@ async def run_demo(console: Console, changes: int, tunnel_delay: float, state_di
                 f"http://127.0.0.1:{sink_port}/hook",
                 tunnel_delay,
                 responders.ports["branch"],
+                campus,
             )
             console.print(
                 f"[bold]tunnelwarden demo[/bold]: ARM simulator on 127.0.0.1:{sim_port}, "
@@ -261,13 +383,17 @@ async def run_demo(console: Console, changes: int, tunnel_delay: float, state_di
                     await _play(console, world, services, http_port, change)
                 drop = await _tunnel_drop(console, world, services)
                 probe = await _nothing_passes(console, world, services, routes)
+                failback = await _failback(console, world, services, campus, sink)
                 stop.set()
                 await bot
                 _summary(console, plan, sink, world)
                 ok = all(c.record is not None and c.record.outcome == "ok" for c in plan)
-                return 0 if ok and drop and probe else 1
+                return 0 if ok and drop and probe and failback else 1
     finally:
         stop.set()
+        await gateways.close()
+        await link.aclose()
+        await sonicos_runner.cleanup()
         await responders.close()
         await sim_runner.cleanup()
         await embedded.stop()
@@ -335,6 +461,92 @@ async def _nothing_passes(
     colour = "green" if record.outcome == "ok" else "red"
     console.print(f"  [{colour}]done[/{colour}]  {record.outcome}; the probes answer again")
     return record.outcome == "ok"
+
+
+async def _failback(
+    console: Console, world: World, services: Services, campus: Campus, sink: Sink
+) -> bool:
+    """The campus's primary gateway flaps; the SonicWall fails over by itself each time. The
+    bot keeps it on the secondary while the primary flaps and fails back once it is stable."""
+    console.rule("campus: the primary gateway flaps; failback waits until it is stable")
+    device = campus.device
+
+    def on() -> str:
+        return str(device.tunnels["Azure"].active)
+
+    async def state() -> dict[str, str]:
+        return await services.state.site_state(CAMPUS)
+
+    async def until(check: Any, within: float = 30.0) -> bool:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if await check():
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    async def sampling() -> bool:
+        return "path.primary.up_streak" in await state()
+
+    if not await until(sampling):
+        console.print("  [red]the path probes did not start[/red]")
+        return False
+    console.print(
+        f"  [yellow]world[/yellow] the SonicWall's tunnel runs over the {on()} gateway "
+        f"({campus.primary}); preempt is off"
+    )
+    for flap in range(1, 6):
+        device.set_reachable(campus.primary, False)
+        console.print(
+            f"  [yellow]world[/yellow] flap {flap}: the primary gateway is gone for a moment; "
+            "the SonicWall fails over by itself (DPD)"
+        )
+
+        async def judged_down(n: int = flap) -> bool:
+            return (await state()).get("path.primary.downs") == str(n)
+
+        if not await until(judged_down):
+            console.print("  [red]the probes did not notice the primary going down[/red]")
+            return False
+        device.set_reachable(campus.primary, True)
+
+        async def judged_up() -> bool:
+            return (await state()).get("path.primary.judged_up") == "1"
+
+        if not await until(judged_up):
+            return False
+        if (await state()).get("damping.suppressed") == "1":
+            break
+    came_back = time.monotonic()
+
+    async def on_primary() -> bool:
+        return on() == "primary"
+
+    if not await until(on_primary, within=60):
+        console.print("  [red]traffic never went back to the primary[/red]")
+        return False
+    waited = time.monotonic() - came_back
+    failbacks = sum(1 for e in device.events if e["event"] == "failback")
+    console.print(
+        f"  [green]world[/green] traffic back on the primary gateway {waited:.1f}s after its "
+        f"last flap ({failbacks} failback); preempt off again"
+    )
+
+    async def stable() -> bool:
+        """Told as a message of its own, or in the failback's when its run outlasted the
+        verify window."""
+        return any(
+            str(m.get("title")).startswith(f"{CAMPUS}: ")
+            and "primary stable" in f"{m.get('title')} {m.get('summary')}"
+            for m in sink.received
+        )
+
+    if not await until(stable):
+        console.print("  [red]the failback was not confirmed stable[/red]")
+        return False
+    legs = [t["connectionStatus"] for t in world.tunnel_info(f"conn-{CAMPUS}")["tunnels"]]
+    console.print(f"  [green]done[/green]  conn-{CAMPUS} tunnels: {', '.join(legs)}")
+    return failbacks == 1
 
 
 async def _wait_record(services: Services, site: str, after: float) -> RunRecord | None:

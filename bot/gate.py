@@ -20,6 +20,8 @@ from bot.sources.ipcheck import Family, check_ip
 from handlers.base import Handler
 from playbooks.base import Playbook
 
+REQUESTED = "playbook.requested"
+
 
 class Refused(ValueError):
     """A request the gate refuses; ``str()`` is the one line to show, ``code`` a short reason."""
@@ -99,8 +101,17 @@ def event_data(
     event_type: str,
     site: str,
     data: dict[str, Any],
+    *,
+    playbooks: Mapping[str, Playbook[Any]] | None = None,
+    confirm_destructive: bool = False,
 ) -> BaseModel:
-    """An event a person wants to emit: known type and site, data valid for its handler."""
+    """An event a person wants to emit: known type and site, data valid for its handler.
+
+    A ``playbook.requested`` passes the same checks as ``playbook run`` (known playbook, its
+    parameters, the address rules, the destructive marker) and carries the normalised
+    parameters; only ``confirm_destructive`` (the CLI's ``--confirm-destructive``) confirms a
+    destructive playbook, never the event's data.
+    """
     handler = handlers.get(event_type)
     if handler is None:
         raise Refused(
@@ -115,4 +126,30 @@ def event_data(
     ip = getattr(checked, "ip", None)
     if event_type == "ip.changed" and isinstance(ip, str):
         address(settings, ip, getattr(checked, "family", None))
+    if event_type == REQUESTED:
+        if "confirm_destructive" in data:
+            raise Refused(
+                f"{REQUESTED}: confirm_destructive cannot be set in the event's data; "
+                "use --confirm-destructive",
+                "BadData",
+            )
+        if playbooks is None:
+            import playbooks as shipped
+
+            playbooks = shipped.builtin()
+        call = playbook_call(
+            settings,
+            playbooks,
+            site,
+            str(getattr(checked, "playbook", "")),
+            dict(getattr(checked, "params", None) or {}),
+            confirm_destructive=confirm_destructive,
+        )
+        update = {"params": call.params, "confirm_destructive": call.confirmed}
+        return handler.data_model.model_validate({**checked.model_dump(), **update})
+    if confirm_destructive:
+        raise Refused(
+            f"--confirm-destructive is for {REQUESTED} (or playbook run), not {event_type}",
+            "BadData",
+        )
     return checked

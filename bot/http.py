@@ -45,18 +45,27 @@ class Health:
     persistence: str = "unknown"
     checked_at: float = 0.0
     _task: asyncio.Task[None] | None = field(default=None, repr=False)
+    _stopping: bool = field(default=False, repr=False)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="health")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Cancel the refresh loop and wait for it. Cancel again until it is done: on Python
+        3.11 ``asyncio.timeout`` can turn a cancel that lands as its deadline expires into a
+        ``TimeoutError`` (fixed in 3.12), which ``check`` then takes for a Redis fault."""
+        task = self._task
+        if task is None:
+            return
+        self._stopping = True
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=1.0)
+        with contextlib.suppress(asyncio.CancelledError):
+            task.result()
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping:
             await self.check()
             await asyncio.sleep(self.interval)
 
@@ -133,6 +142,9 @@ def create_public_app(services: Services) -> web.Application:
     reporter = IpReporter(services, allow_documentation=settings.allow_documentation_ips)
     add_push_routes(app, settings, reporter)
     add_hook_routes(app, services)
+    from bot.chat.routes import add_chat_routes
+
+    add_chat_routes(app, services)  # /chat/...: only the platforms configured
     return app
 
 

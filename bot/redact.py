@@ -1,6 +1,8 @@
 """Keeping secrets out of everything we write: logs, history, journals, dead letters, chat, errors.
 
-One :class:`Redactor` per process. It masks, in time linear in the length of the text:
+One :class:`Redactor` per process (``Services.redact``, which the logs use too; code handed no
+``Services``, like the device drivers, reaches it with :func:`process_redactor`). It masks, in
+time linear in the length of the text:
 
 * **Known secrets, exactly** (the guarantee): every configured secret and every secret learnt at
   run time (:meth:`Redactor.add`, e.g. a connection's shared key), in the forms a secret takes on
@@ -57,7 +59,7 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote, quote_plus
 
-__all__ = ["MASK", "MIN_SECRET_LENGTH", "Redactor"]
+__all__ = ["MASK", "MIN_SECRET_LENGTH", "Redactor", "process_redactor", "use_process_redactor"]
 
 MASK = "***"
 MIN_SECRET_LENGTH = 4
@@ -377,3 +379,26 @@ def _masked(text: str, spans: list[tuple[int, int]], mask: str) -> str:
         start, end = at, until
     pieces += (text[done:start], mask, text[end:])
     return "".join(pieces)
+
+
+_process: Redactor | None = None
+_process_lock = threading.Lock()
+
+
+def use_process_redactor(redact: Redactor) -> Redactor:
+    """Make ``redact`` the process's one redactor (``bot.app.open_services`` installs the
+    services' one, which the logs use too), for code that is handed no ``Services``."""
+    global _process
+    with _process_lock:
+        _process = redact
+    return redact
+
+
+def process_redactor() -> Redactor:
+    """The process's one redactor; an empty one is installed if nothing installed one yet
+    (a driver used on its own), so everything registered lands in the same instance."""
+    global _process
+    with _process_lock:
+        if _process is None:
+            _process = Redactor()
+        return _process

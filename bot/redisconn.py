@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
 from bot.config import RedisConfig
 from bot.embedded import EmbeddedRedis
@@ -27,6 +27,14 @@ def redact_url(url: str) -> str:
         netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
         return parts._replace(netloc=netloc).geturl()
     return url
+
+
+class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionPool):
+    """The Sentinel master's pool, bounded and *waiting* like the plain URL path's: a caller
+    that finds every connection taken waits up to ``timeout`` seconds for one (then
+    ``ConnectionError("No connection available.")``) instead of failing at once with
+    ``MaxConnectionsError``. Sentinel's part finds the master; the blocking part hands out
+    connections."""
 
 
 def _client_options(cfg: RedisConfig) -> dict[str, Any]:
@@ -77,7 +85,12 @@ def _sentinel_master(url: str, opts: dict[str, Any], cfg: RedisConfig) -> Redis:
     sentinel = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
         sentinels, sentinel_kwargs={"socket_connect_timeout": 5}, **opts
     )
-    master: Redis = sentinel.master_for(service)
+    master: Redis = sentinel.master_for(
+        service,
+        connection_pool_class=BlockingSentinelConnectionPool,
+        max_connections=cfg.max_connections,
+        timeout=cfg.pool_timeout,
+    )
     return master
 
 

@@ -114,11 +114,14 @@ def retry_after(exc: BaseException | None) -> float | None:
 
 
 def backoff(attempt: int, base: float, cap: float, retry_after: float | None = None) -> float:
-    """Seconds before retry number ``attempt`` (1, 2, ...): exponential from ``base`` up to
-    ``cap``, jittered by ±20 %, and never shorter than what the far side asked for. The one
-    backoff (the scheduler's retries, chat delivery)."""
+    """Seconds before retry number ``attempt`` (1, 2, ...): exponential from ``base``,
+    jittered by ±20 %, never longer than ``cap`` (jittered below it there, so sites that
+    reached the cap do not come back in step), and never shorter than what the far side
+    asked for, however long. The one backoff (the scheduler's retries, chat delivery)."""
     exponent = min(max(0, attempt - 1), 32)  # no float overflow
-    delay = min(cap, base * 2.0**exponent) * random.uniform(0.8, 1.2)
+    delay = base * 2.0**exponent * random.uniform(0.8, 1.2)
+    if delay > cap:
+        delay = cap * random.uniform(0.8, 1.0)
     return float(max(delay, retry_after or 0.0))
 
 

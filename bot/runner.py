@@ -110,6 +110,7 @@ class Runner:
         playbook = self.playbook(call.name)
         params = self.parse(playbook, call.params)
         ctx = self.context(site, "dry-run", 0, [], lock=None)
+        ctx.confirmed = call.confirmed
         return await playbook.plan(ctx, params)
 
     # --- one reconcile ------------------------------------------------------------------
@@ -260,7 +261,18 @@ class Runner:
                 attempt = int(view.state.get(f"{f}.attempt", "0") or 0) + 1
                 asked = failed.retry_after if failed else None
                 delay = backoff(attempt, policy.retry_base_delay, policy.retry_max_delay, asked)
-                when = max(now + delay, decision.retry_at or 0.0)  # e.g. a reset cool-down
+                when = now + delay
+                # ``retry_at`` is when the remedy the decision had to leave out (a reset in
+                # its cool-down) is allowed again: it bounds the retry only when the run
+                # failed at its last playbook, the one that remedy would follow. A failure
+                # earlier (the LNG write) is retried on its own backoff.
+                last = decision.playbooks[-1].name if decision.playbooks else None
+                if (
+                    failed is not None
+                    and failed is record.playbooks[-1]
+                    and failed.playbook == last
+                ):
+                    when = max(when, decision.retry_at or 0.0)
                 updates[f"{f}.status"] = "retrying"
                 updates[f"{f}.attempt"] = str(attempt)
                 updates[f"{f}.not_before"] = f"{now + (asked or 0):.3f}" if asked else None
@@ -302,6 +314,7 @@ class Runner:
                 result = PlaybookResult.model_validate(finished[-1].data)
             else:
                 ctx = self.context(event.site, event.id, index, journal, lock=lock)
+                ctx.confirmed = call.confirmed
                 result = await _unless_lost(self._run_one(ctx, call), lock)
             results.append(result)
             if result.outcome in ("failed", "timeout"):

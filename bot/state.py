@@ -347,12 +347,6 @@ class StateStore:
     async def known_sites(self) -> list[str]:
         return sorted(_text(s) for s in await self.redis.smembers(self.keys.sites))
 
-    # --- idempotency --------------------------------------------------------------------
-    async def is_done(self, site: str, key: str) -> str | None:
-        """The run id that handled this key, if any run did within the TTL."""
-        value = await self.redis.get(self.keys.done(site, key))
-        return None if value is None else _text(value)
-
     # --- locks ----------------------------------------------------------------------------
     def site_lock(self, site: str, ttl: float) -> SiteLock:
         return SiteLock(self.redis, self.keys.lock(site), self.keys.fence(site), ttl)
@@ -529,14 +523,8 @@ class StateStore:
         return _text(reply[1])
 
     async def changes_since(self, site: str, seconds: float) -> int:
+        """Automatic changes recorded in the last ``seconds`` (the change rate limit's count)."""
         return int(await self.redis.zcount(self.keys.changes(site), time.time() - seconds, "+inf"))
-
-    async def oldest_change_since(self, site: str, seconds: float) -> float | None:
-        rows = await self.redis.zrangebyscore(
-            self.keys.changes(site), time.time() - seconds, "+inf", start=0, num=1, withscores=True
-        )
-        pairs = cast("list[tuple[bytes | str, float]]", rows)
-        return float(pairs[0][1]) if pairs else None
 
     async def history(self, site: str | None = None, limit: int = 20) -> list[RunRecord]:
         """Newest first; across all sites, merged by time."""

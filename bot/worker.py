@@ -25,6 +25,7 @@ from bot.chat.models import Notification, Severity
 from bot.events import Event, EventError, describe
 from bot.models import RunRecord
 from bot.queue import Delivery
+from bot.retry import backoff
 from bot.runner import MANUAL_SOURCES, Busy, Runner
 from bot.scheduler import resync_members
 from bot.services import Services
@@ -33,6 +34,9 @@ from handlers.base import Handler, SiteView
 from playbooks.base import JournalKeyUnavailable
 
 log = logging.getLogger("tunnelwarden.worker")
+# Backoff (bot.retry.backoff) while Redis does not answer: from 0.1 s up to 5 s.
+REDIS_RETRY_BASE = 0.1
+REDIS_RETRY_CAP = 5.0
 
 
 def default_worker_name() -> str:
@@ -56,6 +60,7 @@ class Worker:
         self.inflight: dict[str, asyncio.Task[None]] = {}
         self.last_poll = 0.0
         self.running = False
+        self.grouped = False  # the consumer group exists (Redis may be away at start-up)
         # Acknowledgements of first deliveries, sent together: one round trip for many events.
         # Safe to delay: an entry acknowledged late is at worst delivered again, and its
         # recorded run makes that a no-op.
@@ -64,14 +69,14 @@ class Worker:
 
     @property
     def consuming(self) -> bool:
-        """True while the read loop is alive (it wakes at least every ``block_ms``)."""
-        return self.running and time.monotonic() - self.last_poll < self.cfg.block_ms / 1000 + 10
+        """True while the read loop is alive (it wakes at least every ``block_ms``) and the
+        consumer group has been made sure of."""
+        fresh = time.monotonic() - self.last_poll < self.cfg.block_ms / 1000 + 10
+        return self.running and self.grouped and fresh
 
     async def run(self, stop: asyncio.Event) -> None:
         queue = self.services.queue
-        await queue.ensure_group()
         self.running = True
-        log.info("worker %s consuming %s", self.name, self.services.keys.stream)
         keeper = asyncio.create_task(self._keep_alive(stop), name="keep-alive")
         reclaimer = asyncio.create_task(self._reclaim_loop(stop), name="reclaim")
         acker = asyncio.create_task(self._ack_loop(), name="acks")
@@ -85,7 +90,8 @@ class Worker:
             ),
             name="scheduler",
         )
-        pause = 0.0  # backoff while Redis does not answer
+        self.grouped = False
+        failures = 0  # consecutive Redis failures, for the backoff
         try:
             while not stop.is_set():
                 self.last_poll = time.monotonic()
@@ -94,14 +100,20 @@ class Worker:
                     await self._wait_for_slot(stop)
                     continue
                 try:
+                    if not self.grouped:
+                        await queue.ensure_group()
+                        self.grouped = True
+                        log.info("worker %s consuming %s", self.name, self.services.keys.stream)
                     deliveries = await queue.read(self.name, free, self.cfg.block_ms)
                 except Exception as exc:  # weather, not disaster: Redis away or slow
-                    if "NOGROUP" in str(exc):
+                    if self.grouped and "NOGROUP" in str(exc):
                         await self._regroup()
                         continue
-                    pause = min(max(pause * 2, 0.1), 5.0)
+                    failures += 1
+                    pause = backoff(failures, REDIS_RETRY_BASE, REDIS_RETRY_CAP)
                     log.warning(
-                        "reading the queue failed (%s: %s); again in %.1fs",
+                        "%s failed (%s: %s); again in %.1fs",
+                        "reading the queue" if self.grouped else "creating the consumer group",
                         type(exc).__name__,
                         self.redact(str(exc)),
                         pause,
@@ -109,7 +121,7 @@ class Worker:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), timeout=pause)
                     continue
-                pause = 0.0
+                failures = 0
                 for delivery in deliveries:
                     self._spawn(delivery)
         finally:
@@ -224,15 +236,20 @@ class Worker:
             for delivery in claimed:
                 self.services.metrics.reclaimed.inc()
                 log.info("reclaimed %s (delivery %d)", delivery.entry_id, delivery.deliveries)
-                if delivery.deliveries > self.cfg.max_deliveries:
+                if delivery.deliveries <= self.cfg.max_deliveries:
+                    self._spawn(delivery)
+                    continue
+                try:
                     error = await queue.last_error(delivery.entry_id)
                     reason = (
                         f"gave up after {delivery.deliveries - 1} deliveries: "
                         f"{error or 'the worker handling it stopped without finishing'}"
                     )
                     await self._dead_letter(delivery, reason)
-                else:
-                    self._spawn(delivery)
+                except Exception as exc:  # Redis away: the entry stays pending, reclaimed again
+                    log.warning(
+                        "dead-lettering %s failed: %s", delivery.entry_id, self.redact(str(exc))
+                    )
 
     async def _dead_letter(self, delivery: Delivery, reason: str) -> None:
         reason = self.redact(reason)

@@ -11,9 +11,12 @@ probes answers. The chain::
 
     update-local-gateway(ip = desired) ─▶ verify-tunnel
                        └─ down ─▶ reset-connection
-                                    └─ down ─▶ recreate-connection ─▶ verify
-                                                 └─ down ─▶ reset-gateway ─▶ verify
-                                  (the last two only where the site's policy.allow_destructive)
+                                    └─ down ─▶ re-initiate from the site's device ─▶ verify
+                                                 └─ down ─▶ recreate-connection ─▶ verify
+                                                              └─ down ─▶ reset-gateway ─▶ verify
+                  (the device step only where the site has a device that can re-initiate,
+                   ``[[sites.NAME.devices]]``: sonicwall-reinitiate, rras-connect; the last two
+                   only where the site's policy.allow_destructive)
 
 When a quorum of through-tunnel probes fails while Azure may well say Connected ("up but
 passing nothing"), the connection is reset without waiting for Azure to agree
@@ -24,8 +27,10 @@ but not reset, and the scheduler comes back when the hold ends.
 Every playbook reads Azure and plans, so a converged site costs reads only. A hint older than
 the state is ``superseded``. What follows from the outcome (resync, backoff, held) is the
 runner's; which messages people get is decided here: one when something changed or a site
-went down and came back, one when it stops converging (not one per retry), one when it is
-back, and drops inside a flapping episode are summed up once it is quiet again.
+went down and came back, one when it stops converging (not one per retry: an outage is one
+incident whatever its retries fail at, told with since when and what was done), one when it
+is back (with how long it was down), and drops inside a flapping episode are summed up once
+it is quiet again.
 """
 
 from __future__ import annotations
@@ -78,6 +83,9 @@ Data = IpChanged | Reconcile | TunnelHint | ProbeHint
 APPLIED_BY = ("update-local-gateway", "recreate-connection")
 RESETS = ("reset-connection", "reset-gateway")
 RECOVERED_BY = (*RESETS, *APPLIED_BY)
+# Device kinds whose driver can re-initiate the tunnel from the site's end, and the playbook.
+REINITIATE = {"sonicwall": "sonicwall-reinitiate", "rras": "rras-connect"}
+RETRYING = "down:retrying"  # the incident key of an outage that is being retried
 FLAP_WINDOW = 900.0  # drops closer together than this are one flapping episode
 
 
@@ -103,6 +111,15 @@ def probes_down(view: SiteView) -> tuple[list[str], int]:
     through = [p.name for p in view.config.probes if p.through_tunnel]
     down = [n for n in through if view.state.get(f"probe.{n}.state") == "down"]
     return down, view.config.quorum
+
+
+def reinitiate(view: SiteView) -> PlaybookCall | None:
+    """The re-initiate of the site's first device that offers one (config order), or None."""
+    for device in view.config.devices if view.config else []:
+        name = REINITIATE.get(device.kind)
+        if name is not None:
+            return PlaybookCall(name=name, params={"device": device.name})
+    return None
 
 
 def recent_resets(view: SiteView, now: float) -> list[float]:
@@ -172,7 +189,14 @@ async def decide(event: Event, data: Data, view: SiteView) -> Decision:
             PlaybookCall(name="recreate-connection", params=params),
             PlaybookCall(name="verify-tunnel", params=wait, on_failure=[gateway, verify]),
         ]
-    reset = PlaybookCall(name="reset-connection", params=wait, on_failure=escalate)
+    after_reset = escalate
+    device = reinitiate(view)
+    if device is not None:  # from the site's end before anything destructive
+        after_reset = [
+            PlaybookCall(name=device.name, params=device.params, on_failure=escalate),
+            PlaybookCall(name="verify-tunnel", params=wait, on_failure=escalate),
+        ]
+    reset = PlaybookCall(name="reset-connection", params=wait, on_failure=after_reset)
     checked = PlaybookCall(name="verify-tunnel", params=wait, on_failure=[reset])
     return Decision(playbooks=[*update, checked], reason=reason)
 
@@ -201,8 +225,15 @@ def _failure(record: RunRecord) -> PlaybookResult | None:
 
 
 def _incident_key(record: RunRecord) -> str:
+    """One key per outage: every retried failure is the same incident (a retry inside a reset
+    cool-down fails at verify-tunnel, the one before at reset-connection); a failure that
+    needs a person is its own."""
     failed = _failure(record)
-    return f"{failed.playbook}:{failed.error_code or failed.outcome}" if failed else record.outcome
+    if failed is None:
+        return record.outcome
+    if failed.retry:
+        return RETRYING
+    return f"{failed.playbook}:{failed.error_code or failed.outcome}"
 
 
 def _reset_sent(record: RunRecord) -> bool:
@@ -243,7 +274,7 @@ def remember(event: Event, data: Data, record: RunRecord, view: SiteView) -> dic
                 }
             )
     elif record.outcome in ("failed", "timeout"):
-        since = view.state.get("incident.since") or f"{record.started_at:.3f}"
+        since = view.state.get("incident.since") or f"{_down_since(event, data, record, view):.3f}"
         out["incident.key"] = _incident_key(record)
         out["incident.since"] = since
     if _drop(event, record):
@@ -283,6 +314,9 @@ def describe(
     failed = _failure(record)
     what = f"{failed.playbook}: {failed.error or failed.outcome}" if failed else record.outcome
     facts = {"Desired IP": desired or "(unknown)", "Run": record.run_id}
+    since = _down_since(event, data, record, view)
+    facts["Down since"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))
+    facts["Done"] = " → ".join(f"{r.playbook} ({r.outcome})" for r in record.playbooks) or "-"
     if record.retry_at:
         facts["Next try"] = time.strftime("%H:%M:%S", time.localtime(record.retry_at))
     if isinstance(data, TunnelHint | ProbeHint):
@@ -295,14 +329,20 @@ def describe(
     elif failed and failed.error_code == "DestructiveRefused":
         nxt = "Allow destructive playbooks for the site, or run the command below by hand."
     elif retrying and failed and failed.playbook in ("verify-tunnel", *RESETS):
-        tried = any(r.playbook == "recreate-connection" for r in record.playbooks)
+        ran = {r.playbook for r in record.playbooks}
         command = recreate_command(event.site, desired)
-        nxt = (
-            "The connection was re-created and the tunnel is still down: check the device's "
-            "IPsec settings and shared key against the Azure connection."
-            if tried
-            else f"If it stays down, re-create the connection: `{command}`"
-        )
+        if "recreate-connection" in ran:
+            nxt = (
+                "The connection was re-created and the tunnel is still down: check the "
+                "device's IPsec settings and shared key against the Azure connection."
+            )
+        elif ran & set(REINITIATE.values()):
+            nxt = (
+                "The site's device re-initiated the tunnel and it is still down; if it stays "
+                f"down, re-create the connection: `{command}`"
+            )
+        else:
+            nxt = f"If it stays down, re-create the connection: `{command}`"
     elif retrying:
         nxt = "Azure did not take the change yet; tunnelwarden keeps retrying with backoff."
     else:
@@ -401,6 +441,12 @@ def _observed(
 ) -> Notification | None:
     """A hint that needed no change: a probe failing on its own, a tunnel with no traffic."""
     if isinstance(data, ProbeHint):
+        failover = view.config.failover if view.config is not None else None
+        if failover is not None and data.probe in (
+            *failover.primary_probes,
+            *failover.secondary_probes,
+        ):
+            return None  # a path's probe: the failover reconciler tells of the path, damped
         down, quorum = probes_down(view)
         if event.type == "probe.recovered":
             title = f"{event.site}: probe {data.probe} answers again"

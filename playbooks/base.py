@@ -54,7 +54,15 @@ class RunContext:
     journal: list[JournalEntry] = field(default_factory=list)
     dry_run: bool = False
     lock: SiteLock | None = None  # None for a dry-run
+    confirmed: bool = False  # a person confirmed this call (--confirm-destructive, an approval)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("tunnelwarden.run"))
+
+    @property
+    def disruption_allowed(self) -> bool:
+        """May this call do something destructive (a playbook decides so at run time, e.g. a
+        re-initiate while the tunnel is up)? When a person confirmed it, or where the site's
+        policy has ``allow_destructive``: the same rule as for destructive playbooks."""
+        return self.confirmed or self.policy.allow_destructive
 
     def _mine(self) -> list[JournalEntry]:
         return [e for e in self.journal if e.playbook == self.index]

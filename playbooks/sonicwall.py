@@ -17,7 +17,9 @@ policy and enables it again, as two journaled steps with a commit each, so that 
 after a crash always finishes with the policy enabled. It is converged while the site's Azure
 connection reports ``Connected`` (SonicOS 7.0.1 offers no API to list tunnels, so Azure is
 the judge), unless ``force``; a site without Azure resources needs ``force``. A policy that is
-disabled on the device (by an administrator) is left alone unless ``force``.
+disabled on the device (by an administrator) is left alone unless ``force``. Forcing is
+destructive (the tunnel may be up): ``force`` takes effect only where the site's policy has
+``allow_destructive`` or a person confirmed the run, and is refused otherwise.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ class ReinitiateParams(DeviceParams):
     force: bool = Field(
         False,
         description="re-initiate even when Azure reports the connection Connected (or the "
-        "site has no Azure connection configured, or the policy is disabled on the device)",
+        "site has no Azure connection configured, or the policy is disabled on the device); "
+        "destructive then: needs the site's allow_destructive or --confirm-destructive",
     )
     enable_timeout: float = Field(
         60.0,
@@ -216,6 +219,18 @@ class SonicWallReinitiate(Playbook[ReinitiateParams]):
                     )
                 ]
             )
+
+        def confirmed(why: str) -> None:
+            """Forced past ``why``: destructive, so confirmed or allowed by policy only."""
+            if not ctx.disruption_allowed:
+                raise PermanentError(
+                    f"re-initiating {target} while {why} is destructive (every session through "
+                    "it drops): force=true runs only where the site's policy has "
+                    "allow_destructive = true, or when a person confirms it "
+                    "(--confirm-destructive)",
+                    "DestructiveRefused",
+                )
+
         azure = await azure_status(ctx)
         if azure is None:
             if not params.force:
@@ -224,25 +239,30 @@ class SonicWallReinitiate(Playbook[ReinitiateParams]):
                     f"tunnel is up; re-initiating {target} needs force=true",
                     "ForceRequired",
                 )
+            confirmed("the tunnel may be up (no Azure connection configured)")
             old = "unknown (no Azure connection configured)"
         else:
             connection, status = azure
-            if status == "Connected" and not params.force:
-                return Plan(
-                    notes=[
-                        f"connection {connection} is Connected: {target} is not re-initiated "
-                        "(force=true to do it anyway)"
-                    ]
-                )
+            if status == "Connected":
+                if not params.force:
+                    return Plan(
+                        notes=[
+                            f"connection {connection} is Connected: {target} is not "
+                            "re-initiated (force=true to do it anyway)"
+                        ]
+                    )
+                confirmed(f"connection {connection} is Connected")
             old = f"connection {connection} {status}"
         current = await read_policy(spec)
-        if not current.enable and not params.force:
-            return Plan(
-                notes=[
-                    f"{target} is disabled on the device: not re-initiated (enable it there, "
-                    "or force=true to enable it)"
-                ]
-            )
+        if not current.enable:
+            if not params.force:
+                return Plan(
+                    notes=[
+                        f"{target} is disabled on the device: not re-initiated (enable it "
+                        "there, or force=true to enable it)"
+                    ]
+                )
+            confirmed("an administrator has it disabled")
         return Plan(
             changes=[Change(target=target, field="tunnel", old=old, new=REINITIATED)],
             notes=["disruptive: the tunnel drops and is negotiated again"],

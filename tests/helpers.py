@@ -6,7 +6,10 @@ import asyncio
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bot.services import Services
 
 
 async def eventually(
@@ -27,3 +30,9 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+async def done_run(services: Services, site: str, key: str) -> str | None:
+    """The run id that handled ``key``, as the record script stored it (its done key)."""
+    value = await services.redis.get(services.keys.done(site, key))
+    return None if value is None else value.decode()

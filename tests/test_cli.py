@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ import redis
 
 from bot.events import Event
 from bot.keys import Keys
+from bot.services import Services
 from tests.conftest import cli_env, tunnelwarden
 
 
@@ -340,3 +343,184 @@ def test_unreachable_redis_is_a_clear_error(prefix: str) -> None:
     result = tw("redis://127.0.0.1:1/0", prefix, "status")
     assert result.returncode == 2
     assert "redis:" in result.stderr and "Traceback" not in result.stderr
+
+
+# --- status, probes, warnings ------------------------------------------------------------
+
+WIDE = {"COLUMNS": "200"}  # rich wraps table cells at the default 80 columns
+
+
+def probes_toml(port: int, *, interval: int = 30) -> str:
+    return f"""
+[sites.home]
+description = "at home"
+
+[[sites.home.probes]]
+name = "kms"
+kind = "tcp"
+target = "127.0.0.1:{port}"
+through_tunnel = true
+recover_after = 1
+
+[[sites.home.probes]]
+name = "ike"
+kind = "ikev2"
+target = "127.0.0.1:{port}"
+interval = {interval}
+timeout = 1
+"""
+
+
+def test_status_shows_each_sites_tunnel_and_probes(
+    tmp_path: Path, redis_url: str, prefix: str
+) -> None:
+    path = tmp_path / "probes.toml"
+    path.write_text(probes_toml(9))
+    env = {"TUNNELWARDEN_CONFIG": str(path), **WIDE}
+    client = redis.Redis.from_url(redis_url)
+    client.hset(
+        Keys(prefix).state("home"),
+        mapping={
+            "tunnel.status": "NotConnected",
+            "tunnel.since": f"{time.time() - 125:.3f}",
+            "probe.kms.state": "down",
+            "probe.ike.state": "up",
+        },
+    )
+    client.close()
+    result = tw(redis_url, prefix, "status", env=env)
+    assert result.returncode == 0, result.stderr
+    header = next(line for line in result.stdout.splitlines() if "reconcile" in line)
+    assert "tunnel" in header and "probes" in header
+    (row,) = [line for line in result.stdout.splitlines() if "│ home" in line]
+    assert "NotConnected 2m" in row
+    assert "1/2 up (down: kms)" in row
+    doc = tw_json(redis_url, prefix, "status", env=env)
+    (site,) = doc["sites"]
+    assert site["state"]["tunnel.status"] == "NotConnected"
+
+
+async def _tw(redis_url: str, prefix: str, *args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    """The console script without blocking the event loop (the responders run in it)."""
+    proc = await asyncio.create_subprocess_exec(
+        *tunnelwarden(),
+        *args,
+        env={**cli_env(redis_url, prefix), **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, errs = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), errs.decode()
+
+
+async def test_probe_run_and_list_against_a_local_responder(
+    tmp_path: Path, redis_url: str, prefix: str, services: Services
+) -> None:
+    from bot.probes import parse_probe
+    from bot.sim.sites import start_sites_sim
+    from bot.sources.probing import ProbePoller
+
+    sim = await start_sites_sim(
+        {"sites": [{"name": "home", "responders": [{"name": "kms", "kind": "tcp"}]}]}
+    )
+    port = sim.port("home", "kms")
+    path = tmp_path / "probes.toml"
+    path.write_text(probes_toml(port, interval=60))
+    env = {"TUNNELWARDEN_CONFIG": str(path), **WIDE}
+    series = services.keys.probe("home", "kms")
+    try:
+        code, out, _ = await _tw(
+            redis_url, prefix, "probe", "run", "kms", "--site", "home", env=env
+        )
+        assert code == 0
+        assert out.startswith("up home/kms (tcp) in ")
+        assert f": ok: connected to 127.0.0.1:{port} in " in out
+        code, out, _ = await _tw(
+            redis_url, prefix, "probe", "run", "kms", "--site", "home", "--json", env=env
+        )
+        assert code == 0
+        doc = json.loads(out)
+        assert (doc["site"], doc["probe"], doc["kind"], doc["ok"]) == ("home", "kms", "tcp", True)
+        assert doc["reason"] == "ok" and doc["latency_s"] > 0
+        assert await services.redis.exists(series) == 0, "probe run records nothing"
+
+        await sim.set_state("home", "kms", up=False)
+        code, out, _ = await _tw(
+            redis_url, prefix, "probe", "run", "kms", "--site", "home", env=env
+        )
+        assert code == 1
+        assert out.strip() == (
+            f"down home/kms (tcp): refused: 127.0.0.1:{port} refused the connection"
+        )
+        code, _, errs = await _tw(
+            redis_url, prefix, "probe", "run", "nope", "--site", "home", env=env
+        )
+        assert code == 2
+        assert "site home has no probe 'nope' (probes: ike, kms)" in " ".join(errs.split())
+
+        listed = await _tw(redis_url, prefix, "probe", "list", "--json", env=env)
+        assert listed[0] == 0
+        rows = {r["probe"]: r for r in json.loads(listed[1])}
+        assert set(rows) == {"kms", "ike"}
+        assert rows["kms"]["state"] == "unknown" and rows["kms"]["checked"] is None
+        assert (rows["kms"]["kind"], rows["kms"]["through_tunnel"]) == ("tcp", True)
+        assert (rows["ike"]["kind"], rows["ike"]["interval"]) == ("ikev2", 60)
+
+        await sim.set_state("home", "kms", up=True)
+        spec = parse_probe(
+            {"name": "kms", "kind": "tcp", "target": f"127.0.0.1:{port}", "recover_after": 1}
+        )
+        await ProbePoller(services, "home", spec).poll()  # what the sources record
+        code, out, _ = await _tw(redis_url, prefix, "probe", "list", env=env)
+        assert code == 0
+        (row,) = [line for line in out.splitlines() if "│ kms" in line]
+        assert "│ tcp" in row and "│ yes" in row and "│ up" in row
+        assert f"ok: connected to 127.0.0.1:{port}" in row and "s ago" in row
+        (ike,) = [line for line in out.splitlines() if "│ ike" in line]
+        assert "unknown" in ike and "never" in ike
+    finally:
+        await sim.close()
+
+
+def test_config_check_warns_of_a_fast_ikev2_probe(
+    tmp_path: Path, redis_url: str, prefix: str
+) -> None:
+    path = tmp_path / "fast.toml"
+    path.write_text(probes_toml(500, interval=10))
+    result = tw(redis_url, prefix, "config", "check", "--config", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    warning, ok = result.stdout.strip().splitlines()
+    assert warning == (
+        "warning: sites.home.probes.1 (ike): interval 10s: each IKEv2 probe leaves a half-open "
+        "SA on the responder; use 60s (strongSwan ignores a peer after 5)"
+    )
+    assert ok.startswith("ok: ")
+    path.write_text(probes_toml(500, interval=60))
+    quiet = tw(redis_url, prefix, "config", "check", "--config", str(path))
+    assert quiet.returncode == 0 and "warning" not in quiet.stdout
+
+
+def test_a_fast_ikev2_probe_is_warned_of_at_start_up(
+    tmp_path: Path, redis_url: str, prefix: str, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    path = tmp_path / "fast.toml"
+    path.write_text(probes_toml(500, interval=10))
+    proc = subprocess.Popen(
+        [*tunnelwarden(), "--config", str(path), "worker"],
+        env=cli_env(redis_url, prefix),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    procs.append(proc)  # killed at the end whatever happens
+    assert proc.stderr is not None
+    for _ in range(50):  # the first lines it logs
+        line = json.loads(proc.stderr.readline())
+        if line.get("level") == "warning" and line["msg"].startswith("config: "):
+            break
+    else:
+        raise AssertionError("no config warning logged at start-up")
+    assert line["msg"] == (
+        "config: sites.home.probes.1 (ike): interval 10s: each IKEv2 probe leaves a half-open "
+        "SA on the responder; use 60s (strongSwan ignores a peer after 5)"
+    )

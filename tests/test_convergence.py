@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 import handlers
 from bot.app import build_worker
 from bot.events import Event
-from bot.models import PlaybookCall
+from bot.models import PlaybookCall, RunRecord
 from bot.services import Services
 from bot.sim.world import World
 from handlers.site import Reconcile
@@ -62,9 +62,20 @@ async def test_pushing_the_old_address_again_converges_after_faults_without_anot
     tmp_path: Path, prefix: str, redis_url: str, receiver: Receiver
 ) -> None:
     """Device at .7, push .7; push .20 (LNG moves, tunnel down); push .7 again while ARM
-    fails: once the faults clear, the scheduler converges the site to .7 by itself."""
+    fails: once the faults clear, the scheduler converges the site to .7 by itself.
+
+    Resets are neither limited nor cooled down here: with the defaults, the reset sent for
+    .20 holds the site's next visit until its cool-down ends (5 min), even after a failed LNG
+    write (see test_a_failed_lng_write_is_retried_with_backoff_while_resets_are_held)."""
     async with running_bot(
-        tmp_path, prefix, redis_url, receiver, retry_base_delay=0.3, retry_max_delay=1.0
+        tmp_path,
+        prefix,
+        redis_url,
+        receiver,
+        retry_base_delay=0.3,
+        retry_max_delay=1.0,
+        reset_cooldown=0,
+        max_resets_per_hour=0,
     ) as bot:
         w = bot.world
         w.set_device("fritzbox-home", public_ip=NEW_IP)
@@ -78,25 +89,59 @@ async def test_pushing_the_old_address_again_converges_after_faults_without_anot
         # ARM fails every write for a while: more than azure-core's retries and the run's
         # own re-plans can absorb, so the run fails (transiently).
         w.add_fault(kind="error", method="PUT", path="localNetworkGateways", count=14, status=503)
+        pushed = time.time()
         assert await push(bot.base, NEW_IP) == f"good {NEW_IP}"
         await until_converged(bot, NEW_IP, within=40)
         assert not w.faults.rules(), "the faults were all spent"
 
+        # The first run that read observation 3 met the faults. Usually that is the push's
+        # own hint; but the site keeps retrying .20 meanwhile, and when such a retry holds
+        # the lock as the hint arrives, the hint is folded into the reconcile the site is
+        # owed (a scheduler run). Either way, the run that met the faults failed transiently,
+        # and a later run of the scheduler converged the site: no second push.
         runs = await bot.services.state.history("home", 50)
-        hit = [
-            r
-            for r in runs
-            if r.event_type == "ip.changed" and f"-> {NEW_IP} (observation 3)" in r.reason
-        ]
-        assert [r.outcome for r in hit] == ["failed"], "the push's own run met the faults"
-        assert hit[0].playbooks[0].retry and hit[0].retry_at is not None
-        assert runs[0].outcome == "ok" and runs[0].event_source == "scheduler"
+        toward = [r for r in reversed(runs) if r.started_at >= pushed and _targets(r, NEW_IP)]
+        first, last = toward[0], toward[-1]
+        assert first.outcome == "failed", toward
+        assert first.playbooks[0].playbook == "update-local-gateway"
+        assert first.playbooks[0].retry and first.retry_at is not None
+        pushed_runs = [r for r in toward if r.event_type == "ip.changed"]
+        assert pushed_runs in ([], [first]), "the push's hint ran first, or was folded"
+        assert all(r.outcome == "failed" for r in toward[:-1])
+        assert last is runs[0] and last.outcome == "ok" and last.event_source == "scheduler"
         # Converged: the same address again is nochg and Azure is not written.
         before = lng_writes(w)
         assert await push(bot.base, NEW_IP) == f"nochg {NEW_IP}"
         await asyncio.sleep(0.5)
         assert lng_writes(w) == before
         assert w.counters.totals().redundant == 0
+
+
+async def test_a_failed_lng_write_is_retried_with_backoff_while_resets_are_held(
+    tmp_path: Path, prefix: str, redis_url: str, receiver: Receiver
+) -> None:
+    async with running_bot(
+        tmp_path, prefix, redis_url, receiver, retry_base_delay=0.3, retry_max_delay=1.0
+    ) as bot:
+        w = bot.world
+        w.set_device("fritzbox-home", public_ip=NEW_IP)
+        assert await push(bot.base, NEW_IP) == f"good {NEW_IP}"
+        await until_converged(bot, NEW_IP)
+        assert await push(bot.base, BAD_IP) == f"good {BAD_IP}"  # LNG moves; a reset is sent
+        await eventually(lambda: _attempt(bot, 2), within=20)  # its first retry: resets held
+        w.add_fault(kind="error", method="PUT", path="localNetworkGateways", count=14, status=503)
+        assert await push(bot.base, NEW_IP) == f"good {NEW_IP}"
+        await eventually(lambda: _attempt(bot, 3), within=20)  # the LNG write failed
+        state = await bot.services.state.site_state("home")
+        assert "ServiceUnavailable" in state["reconcile.error"]
+        due = await bot.services.scheduler.due_at("site.reconcile", "home")
+        assert due is not None and due <= time.time() + 1.2 * 1.0 + 1, "backoff, not cool-down"
+
+
+def _targets(record: RunRecord, ip: str) -> bool:
+    """The run converged (or tried to) towards ``ip``: the push's hint for observation 3,
+    or a scheduler run that read it ("retry 2: LNG at ...")."""
+    return f"-> {ip} (observation 3)" in record.reason or f"LNG at {ip}" in record.reason
 
 
 async def _status(bot: Bot, status: str) -> bool:
@@ -372,7 +417,8 @@ async def test_a_held_change_is_told_once_and_applied_when_the_window_allows(
         assert len(held) == 1, "a held change is reported once per window"
         assert lng_ip(w) == NEW_IP
         due = await services.scheduler.due_at("site.reconcile", "home")
-        oldest = await services.state.oldest_change_since("home", 3600)
+        rows = await services.redis.zrange(services.keys.changes("home"), 0, 0, withscores=True)
+        oldest = float(rows[0][1]) if rows else None
         assert due is not None and oldest is not None and abs(due - (oldest + 3601)) < 1
         # The hour passes (the change leaves the window; the due entry comes round).
         await services.redis.delete(services.keys.changes("home"))

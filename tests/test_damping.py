@@ -239,6 +239,15 @@ def test_penalty_is_capped_so_suppression_ends_within_max_suppress() -> None:
     assert reusable_at(run.state, CFG) - run.state.penalty_at == pytest.approx(CFG.max_suppress_s)
 
 
+def test_short_half_lives_leave_the_penalty_uncapped_instead_of_overflowing() -> None:
+    # 2^(3600 / 1) is beyond a float: the cap is simply not binding (test timings do this).
+    cfg = DampingConfig(half_life_s=1.0)
+    assert cfg.max_penalty == math.inf
+    trace = samples(0, 60, False) + samples(60, 120, True)
+    run, _ = drive(trace, cfg)
+    assert run.state.penalty == cfg.penalty_per_flap and run.state.active == "secondary"
+
+
 # --- half-up primary ------------------------------------------------------------------------
 
 

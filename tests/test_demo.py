@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -46,4 +47,16 @@ def test_demo_plays_ip_changes_end_to_end(tmp_path: Path) -> None:
     probe = out[out.index("nothing passes the tunnel") :]
     assert "chat branch: nothing passed the tunnel; a reset brought it back" in probe
     assert "fail through the tunnel (2 of quorum 2): reset" in probe
+    # The campus's primary gateway flaps: the bot keeps traffic on the secondary, says so
+    # once, and fails back once the primary is stable.
+    failback = out[out.index("the primary gateway flaps; failback waits") :]
+    assert re.search(
+        r"chat campus: primary flapping, failback suppressed until ~\d\d:\d\d UTC", failback
+    )
+    assert failback.count("failback suppressed") == 1
+    assert "(1 failback); preempt off again" in failback
+    assert "primary stable: traffic verified on primary" in failback
+    assert "probe ike-" not in failback, "a path's probe is told of by the failover reconciler"
+    assert "campus: tunnel Connected but degraded" not in out, "one gateway at a time by design"
+    assert "campus-demo-fw-pw" not in out + result.stderr
     assert any((tmp_path / "state").glob("appendonly*")), "the private Redis kept no data"

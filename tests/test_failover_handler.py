@@ -5,6 +5,7 @@ End-to-end runs against the simulators are in tests/test_failback_e2e.py.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from bot.chat.models import Severity
@@ -247,3 +248,47 @@ async def test_a_paused_site_is_left_alone() -> None:
     decision = await decide(*check(), v)
     assert decision == Decision.skip("site home is paused")
     assert remember(*check(), record(outcome="skipped"), v) == {}
+
+
+async def test_the_suppressed_message_goes_out_once_across_successive_runs() -> None:
+    """Flapping every two minutes, each run starting from what the last one remembered (as
+    the runner writes it): one "suppressed until ~HH:MM" for the episode, not one per flap."""
+    state = DampingState()
+    titles: list[str] = []
+    t = NOW
+    for flap in range(1, 8):
+        for event, obs in (
+            # judged down (the sampler's edge), then back up a minute later (a resync)
+            (
+                Event.new("path.failed", "home", source="paths"),
+                PathSamples(judged_up=False, fail_streak=3, downs=flap, down_at=t, last_at=t),
+            ),
+            (
+                Event.new("failover.check", "home", source="scheduler"),
+                PathSamples(up_streak=6, up_since=t + 60, downs=flap, last_at=t + 60),
+            ),
+        ):
+            now = t if event.type == "path.failed" else t + 60
+            v = view(state=state, primary=obs, now=now)
+            data = PathHint() if event.type == "path.failed" else FailoverCheck()
+            decision = await decide(event, data, v)
+            assert decision.playbooks[0].params["enabled"] is False  # no failback meanwhile
+            done = record(("sonicwall-preempt", "no_changes", None), outcome="no_changes")
+            note = describe(event, data, done, None, v)
+            if note is not None:
+                titles.append(note.title)
+            out = remember(event, data, done, v)
+            state = DampingState.from_fields(
+                {k.removeprefix("damping."): x or "" for k, x in out.items() if k[:8] == "damping."}
+            )
+            # A rerun from what was remembered has nothing new to say.
+            assert (
+                describe(event, data, done, None, view(state=state, primary=obs, now=now)) is None
+            )
+        t += 120
+    assert state.suppressed and state.episode_flaps == 7 and state.episode_notified
+    suppressed = [x for x in titles if "primary flapping, failback suppressed until ~" in x]
+    assert len(suppressed) == 1, titles
+    assert re.search(r"until ~\d\d:\d\d UTC", suppressed[0])
+    assert titles[0] == "home: primary failed 3 checks in a row: traffic on secondary"
+    assert len(titles) == 2  # the failover, then the suppression: flaps on the secondary are quiet

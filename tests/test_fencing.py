@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from cryptography.fernet import Fernet
 
@@ -230,6 +231,34 @@ async def _any(items: list[Any]) -> bool:
     return bool(items)
 
 
+def _admin_port(proc: subprocess.Popen[bytes]) -> int:
+    """The port a worker's admin listener took (it logs it at start; any free port)."""
+    assert proc.stderr is not None
+    for raw in iter(proc.stderr.readline, b""):
+        line = raw.decode(errors="replace")
+        if line.startswith("{"):
+            msg = str(json.loads(line).get("msg", ""))
+            if msg.startswith("admin: listening on "):
+                return int(msg.rsplit(":", 1)[1])
+    raise AssertionError("the worker stopped before its admin listener started")
+
+
+async def _metric(port: int, name: str) -> float | None:
+    """A counter's value from a worker's admin listener (None until it answers)."""
+    try:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{port}/metrics") as resp,
+        ):
+            text = await resp.text()
+    except aiohttp.ClientError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1]) or None
+    return None
+
+
 async def test_a_worker_without_the_journal_key_leaves_the_run_to_one_that_has_it(
     sim: tuple[World, int],
     services: Services,
@@ -237,12 +266,13 @@ async def test_a_worker_without_the_journal_key_leaves_the_run_to_one_that_has_i
     prefix: str,
     tmp_path: Path,
     procs: list[subprocess.Popen[bytes]],
+    receiver: Receiver,
 ) -> None:
     w, port = sim
     w.configure(lro_polls=6, lro_settle_seconds=2.0)
     before = settings_of(connections(w)[0])
     w.drop_tunnel("conn-home", cleared_by=["put_connection"])  # only re-creating helps
-    path = config(tmp_path, port)
+    path = config(tmp_path, port, notify=True)
     old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
     event = Event.new(
         "playbook.requested",
@@ -259,6 +289,7 @@ async def test_a_worker_without_the_journal_key_leaves_the_run_to_one_that_has_i
         "first",
         capture_logs=True,
         TUNNELWARDEN_SECURITY__JOURNAL_KEY=old,
+        TW_TEST_HOOK=receiver.url,
     )
 
     async def deleting() -> bool:
@@ -282,7 +313,9 @@ async def test_a_worker_without_the_journal_key_leaves_the_run_to_one_that_has_i
         "second",
         capture_logs=True,
         TUNNELWARDEN_SECURITY__JOURNAL_KEY=new,
+        TW_TEST_HOOK=receiver.url,
     )
+    admin = await asyncio.wait_for(asyncio.to_thread(_admin_port, second), 30)
 
     async def noted() -> str | None:
         entries = await services.redis.xrange(services.keys.stream)
@@ -296,6 +329,16 @@ async def test_a_worker_without_the_journal_key_leaves_the_run_to_one_that_has_i
         raise AssertionError(second.communicate(timeout=10)[1].decode()) from None
     assert "rotated away" in note
     assert await services.state.recorded("home", event.id) is None, "not given up"
+    # ...and it raised the alarm: a chat message saying what to do, and the metric.
+    await eventually(lambda: _any(receiver.posts), within=10)
+    alert = receiver.posts[0]
+    assert alert["severity"] == "critical" and alert["site"] == "home"
+    assert alert["title"] == "home: a run cannot finish on worker second"
+    assert "rotated away" in alert["summary"]
+    assert "security.journal_key" in (alert["next_step"] or "")
+    missing = await eventually(lambda: _metric(admin, "tunnelwarden_journal_key_missing_total"))
+    assert missing >= 1
+    assert {p["severity"] for p in receiver.posts} == {"critical"}, "no success told yet"
     second.send_signal(signal.SIGTERM)
     assert second.wait(20) == 0
 
@@ -306,6 +349,7 @@ async def test_a_worker_without_the_journal_key_leaves_the_run_to_one_that_has_i
         prefix,
         "third",
         TUNNELWARDEN_SECURITY__JOURNAL_KEY=f"{new},{old}",
+        TW_TEST_HOOK=receiver.url,
     )
     record = await eventually(
         lambda: services.state.recorded("home", event.id), within=30, every=0.05

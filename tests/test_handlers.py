@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -151,8 +152,13 @@ def test_a_failure_is_told_once_per_incident_with_the_next_step() -> None:
     assert note.summary == "Failed at reset-connection: still NotConnected"
     assert "recreate-connection --site home --param ip=203.0.113.7" in (note.next_step or "")
     assert "--confirm-destructive" in (note.next_step or "")
+    facts = {f.name: f.value for f in note.facts}
+    assert facts["Down since"] == time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(100.0))
+    assert facts["Done"] == (
+        "update-local-gateway (ok) → verify-tunnel (failed) → reset-connection (failed)"
+    )
     opened = remember(event, data, failed, view())
-    assert opened["incident.key"] == "reset-connection:VerifyFailed"
+    assert opened["incident.key"] == "down:retrying"
     assert opened["incident.since"] == "100.000"
     assert opened["reset.times"] == "130.000", "a reset was sent: it counts for the limits"
     again = view(state={**DESIRED, **{k: v for k, v in opened.items() if v}})
@@ -279,3 +285,182 @@ def test_drops_close_together_are_one_flapping_episode_told_once() -> None:
     assert summary is not None and summary.title == "home: tunnel stable again after 2 drops"
     cleared = remember(Event.new("site.reconcile", "home", source="s"), Reconcile(), later, quiet)
     assert cleared["flap.count"] is None
+
+
+def probes_config(*probes: tuple[str, bool], **site: object) -> SiteConfig:
+    return SiteConfig.model_validate(
+        {
+            "resource_group": "rg",
+            "local_network_gateway": "lng",
+            "connection": "c",
+            "probes": [
+                {"name": n, "kind": "tcp", "target": "10.0.0.4:1688", "through_tunnel": through}
+                for n, through in probes
+            ],
+            **site,
+        }
+    )
+
+
+async def test_the_quorum_counts_only_through_tunnel_probes() -> None:
+    """One through-tunnel and one plain probe: the through-tunnel one alone is the quorum
+    (counting the plain one too, the site could never be reset by its probes)."""
+    mixed = probes_config(("kms", True), ("portal", False))
+    assert mixed.quorum == 1
+    event = Event.new("probe.failed", "home", source="probes")
+    down = view(config=mixed, state={**DESIRED, "probe.kms.state": "down"})
+    forced = await decide(event, ProbeHint(probe="kms", through_tunnel=True), down)
+    reset = forced.playbooks[1]
+    assert (reset.name, reset.params["force"]) == ("reset-connection", True)
+    assert "(1 of quorum 1)" in forced.reason
+    assert probes_config(("a", True), ("b", True), ("c", False)).quorum == 2
+    assert probes_config(("a", True), ("b", False), ("c", False)).quorum == 1
+    assert probes_config(("a", True), ("b", True), probe_quorum=1).quorum == 1
+
+
+def test_a_quorum_above_the_through_tunnel_probes_is_refused_in_one_line(
+    prefix: str, tmp_path: Path
+) -> None:
+    from bot.config import ConfigError
+    from tests.conftest import make_settings
+
+    site = {
+        "probes": [
+            {"name": "kms", "kind": "tcp", "target": "10.0.0.4:1688", "through_tunnel": True},
+            {"name": "portal", "kind": "tcp", "target": "10.0.0.5:443"},
+        ],
+        "probe_quorum": 2,
+    }
+    with pytest.raises(ConfigError) as caught:
+        make_settings(prefix, tmp_path, sites={"home": site})
+    (line,) = caught.value.problems
+    assert line == (
+        "sites.home: probe_quorum 2 is more than the 1 through-tunnel probes (only probes "
+        "with through_tunnel = true count)"
+    )
+    site["probe_quorum"] = 1
+    assert make_settings(prefix, tmp_path, sites={"home": site}).sites["home"].quorum == 1
+
+
+async def test_a_failing_plain_probe_only_notifies() -> None:
+    """A probe that does not go through the tunnel fails: no forced reset, only the usual
+    check (Azure says Connected, so nothing is reset), and a warning that says why."""
+    config = probes_config(("kms", True), ("dns", True), ("portal", False))
+    event = Event.new("probe.failed", "home", source="probes")
+    data = ProbeHint(probe="portal", kind="tcp", reason="refused", detail="refused")
+    state = {**DESIRED, "probe.portal.state": "down", "probe.kms.state": "up"}
+    decision = await decide(event, data, view(config=config, state=state))
+    assert [c.name for c in decision.playbooks] == ["update-local-gateway", "verify-tunnel"]
+    assert all(not c.params.get("force") for c in decision.playbooks)
+    checked = record("no_changes", PlaybookResult(playbook="verify-tunnel", outcome="no_changes"))
+    note = describe(event, data, checked, None, view(config=config, state=state))
+    assert note is not None and note.title == "home: probe portal fails (refused)"
+    assert note.severity == "warning"
+    assert "Not through the tunnel, so not a reason to reset" in note.summary
+
+
+def after(v: SiteView, fields: dict[str, str | None]) -> SiteView:
+    """The view the next run sees: ``v``'s state with what a run remembered."""
+    state = dict(v.state)
+    for key, value in fields.items():
+        if value is None:
+            state.pop(key, None)
+        else:
+            state[key] = value
+    return view(state=state, policy=v.policy)
+
+
+def test_an_outage_with_retries_across_a_reset_cool_down_is_one_incident() -> None:
+    """Retries inside the cool-down fail at verify-tunnel, those after it at
+    reset-connection: one message when it goes down, none per retry, one when it is back."""
+    down = Event.new("tunnel.down", "home", source="arm-watcher")
+    hint = TunnelHint(status="NotConnected", since=90.0)
+    retry = Event.new("site.reconcile", "home", source="scheduler")
+    verify_failed = PlaybookResult(
+        playbook="verify-tunnel", outcome="failed", error="still NotConnected",
+        error_code="VerifyFailed", retry=True,
+    )  # fmt: skip
+    reset_failed = verify_failed.model_copy(update={"playbook": "reset-connection"})
+    runs = [
+        (down, hint, record("failed", verify_failed, reset_failed, retry_at=200.0)),
+        (retry, Reconcile(), record("failed", verify_failed, retry_at=300.0)),  # cool-down
+        (retry, Reconcile(), record("failed", verify_failed, retry_at=400.0)),  # cool-down
+        (retry, Reconcile(), record("failed", verify_failed, reset_failed, retry_at=500.0)),
+        (retry, Reconcile(), record("failed", verify_failed, retry_at=600.0)),  # cool-down
+    ]
+    v = view(state={**DESIRED, "tunnel.status": "NotConnected", "tunnel.since": "90.000"})
+    notes = []
+    for event, data, rec in runs:
+        notes.append(describe(event, data, rec, None, v))
+        v = after(v, remember(event, data, rec, v))
+    first, *rest = notes
+    assert rest == [None] * 4, "retries must not post"
+    assert first is not None and first.title == "home: tunnel down, retrying"
+    facts = {f.name: f.value for f in first.facts}
+    assert facts["Down since"] == time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(90.0))
+    assert facts["Done"] == "verify-tunnel (failed) → reset-connection (failed)"
+    assert facts["Noticed by"] == "arm-watcher"
+    assert v.state["incident.since"] == "90.000", "since the watcher saw it drop"
+    back = record(
+        "ok",
+        PlaybookResult(playbook="verify-tunnel", outcome="ok"),
+    )
+    back.finished_at = 700.0
+    note = describe(retry, Reconcile(), back, None, v)
+    assert note is not None and note.title == "home: converged again, tunnel Connected"
+    assert {f.name: f.value for f in note.facts}["Tunnel down for"] == "610.0s"
+    closed = after(v, remember(retry, Reconcile(), back, v))
+    assert "incident.key" not in closed.state
+    assert describe(retry, Reconcile(), back, None, closed) is None, "told once"
+
+
+def test_a_failure_that_needs_a_person_is_told_even_during_an_outage() -> None:
+    event, data = changed()
+    refused = PlaybookResult(
+        playbook="recreate-connection", outcome="failed", error="destructive",
+        error_code="DestructiveRefused",
+    )  # fmt: skip
+    during = view(state={**DESIRED, "incident.key": "down:retrying", "incident.since": "50"})
+    note = describe(event, data, record("failed", refused), None, during)
+    assert note is not None and note.title == "home: cannot converge, needs a person"
+
+
+RRAS = {"kind": "rras", "name": "rras1", "url": "https://rras01.corp.example:5986",
+        "interface": "Azure", "recording": "/nonexistent/recording.json"}  # fmt: skip
+KEMP = {"kind": "kemp", "name": "lm1", "url": "https://kemp.corp.example", "api_key": "k-1"}
+
+
+@pytest.mark.parametrize(
+    ("devices", "expected"),
+    [
+        ([], None),
+        ([KEMP], None),  # a load balancer cannot re-initiate a tunnel
+        ([KEMP, RRAS], ("rras-connect", {"device": "rras1"})),
+    ],
+)
+async def test_a_device_re_initiates_before_the_destructive_steps(
+    devices: list[dict[str, object]], expected: tuple[str, dict[str, str]] | None
+) -> None:
+    config = SiteConfig.model_validate(
+        {"resource_group": "rg", "local_network_gateway": "lng", "connection": "c",
+         "devices": devices}
+    )  # fmt: skip
+    event = Event.new("tunnel.down", "home", source="arm-watcher")
+    site = view(config=config, policy=Policy(allow_destructive=True))
+    decision = await decide(event, TunnelHint(), site)
+    reset = decision.playbooks[1].on_failure[0]
+    assert reset.name == "reset-connection"
+    names = [c.name for c in reset.on_failure]
+    if expected is None:
+        assert names == ["recreate-connection", "verify-tunnel"]
+        return
+    device, verify = reset.on_failure
+    assert (device.name, device.params) == expected
+    assert verify.name == "verify-tunnel"
+    for step in (device, verify):  # still down (or the device failed): then destructive
+        recreate, last = step.on_failure
+        assert recreate.name == "recreate-connection"
+        assert [c.name for c in last.on_failure] == ["reset-gateway", "verify-tunnel"]
+    plain = await decide(event, TunnelHint(), view(config=config))
+    device, verify = plain.playbooks[1].on_failure[0].on_failure
+    assert device.on_failure == [] and verify.on_failure == [], "no destructive steps"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -23,11 +24,13 @@ from redis.asyncio import Redis
 
 from bot.app import run_process
 from bot.config import Settings
+from bot.embedded import find_redis_server
 from bot.events import Event
+from bot.scheduler import member
 from bot.services import Services
 from bot.sim.arm import start_arm_sim
 from tests.azure_world import NEW_IP, azure_settings, world
-from tests.conftest import make_settings, start_private_redis
+from tests.conftest import SOCKET_NAME, make_settings, start_private_redis
 from tests.helpers import eventually, free_port
 from tests.test_ip_change_e2e import HOST, PASSWORD, Receiver, push, receiver, running_bot
 
@@ -148,6 +151,63 @@ async def test_a_redis_restart_under_a_running_bot(tmp_path: Path, aof_redis: Pr
         await sim.cleanup()
 
 
+async def test_a_bot_started_while_redis_is_down_waits_for_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis not there yet at start-up (a private redis-server started later): the process
+    stays up, /readyz says 503 until Redis answers, then 200, and an event is processed."""
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = PrivateRedis(directory, ())
+    url = f"unix://{directory / SOCKET_NAME}"  # where the server will listen
+    admin_port = free_port()
+    settings = make_settings(
+        "tw", tmp_path, admin={"port": admin_port}, http={"port": free_port()}, sites={"home": {}}
+    )
+    admin = f"http://127.0.0.1:{admin_port}"
+    stop = asyncio.Event()
+    with caplog.at_level(logging.WARNING, logger="tunnelwarden.worker"):
+        task = asyncio.create_task(  # what `tunnelwarden run` assembles
+            run_process(
+                settings,
+                redis_url=url,
+                worker=True,
+                http=True,
+                sources=True,
+                stop=stop,
+                handle_signals=False,
+            )
+        )
+        client = Redis.from_url(url)
+        services = Services.build(settings, client)
+        try:
+            await eventually(lambda: _status(admin, 503), within=15)
+
+            async def retried() -> bool:
+                return any(
+                    "creating the consumer group failed" in r.getMessage() for r in caplog.records
+                )
+
+            await eventually(retried, within=10)
+            assert not task.done(), "the process must stay up"
+            assert await _status(admin, 200, "/healthz")
+            async with aiohttp.ClientSession() as http, http.get(f"{admin}/readyz") as resp:
+                checks = (await resp.json())["checks"]
+            assert checks["worker"] == "not consuming" and checks["redis"] != "ok", checks
+            server.start()
+            await eventually(lambda: _status(admin, 200), within=20)
+            event = Event.new("test.noop", "home", source="test")
+            await services.queue.publish(event)
+            record = await eventually(lambda: services.state.recorded("home", event.id), within=20)
+            assert record.outcome == "no_changes"
+        finally:
+            stop.set()
+            assert await task == 0
+            await client.aclose()
+            if server.proc and server.proc.poll() is None:
+                server.stop()
+
+
 async def test_redis_that_came_back_empty_is_noticed_and_the_bot_carries_on(
     tmp_path: Path,
 ) -> None:
@@ -176,7 +236,7 @@ async def test_redis_that_came_back_empty_is_noticed_and_the_bot_carries_on(
             await services.queue.publish(event)
             record = await eventually(lambda: services.state.recorded("home", event.id), within=20)
             assert record.outcome == "no_changes"
-            assert await services.scheduler.due_at("site.reconcile", "home") is not None
+            assert await _due(services, "site.reconcile", "home") is not None
             async with aiohttp.ClientSession() as http, http.get(f"{admin}/metrics") as resp:
                 assert "tunnelwarden_redis_data_lost_total 1.0" in await resp.text()
     finally:
@@ -262,5 +322,66 @@ async def test_a_worker_survives_redis_going_away_and_its_timers_come_back(
         [("site.reconcile", "home"), ("site.reconcile", "office")], interval=900
     )
     assert added == 2
-    due = await services.scheduler.due_at("site.reconcile", "home")
+    due = await _due(services, "site.reconcile", "home")
     assert due is not None and time.time() <= due <= time.time() + 900
+
+
+async def _due(services: Services, event_type: str, site: str) -> float | None:
+    """When the scheduler will publish ``event_type`` for ``site`` (None: not scheduled)."""
+    return dict(await services.scheduler.entries()).get(member(event_type, site))
+
+
+async def test_a_redis_error_while_dead_lettering_does_not_end_reclaiming(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis refuses the read of an entry's last error (an ACL that denies HGET) while the
+    reclaim loop gives the entry up: the loop logs it and goes on, and once Redis allows the
+    read again the entry is dead-lettered."""
+    from bot.app import build_worker
+    from bot.redisconn import from_url
+    from tests.test_redis_urls import BASE, start, wait_port
+
+    binary = find_redis_server()
+    assert binary
+    port = free_port()
+    procs: list[subprocess.Popen[bytes]] = []
+    start(procs, binary, "--port", str(port), "--dir", str(tmp_path), *BASE)
+    (proc,) = procs
+    admin = Redis(host="127.0.0.1", port=port)
+    settings = make_settings("tw", tmp_path, worker={"max_deliveries": 1})
+    client = from_url(f"redis://bot:bot-Pw-5521@127.0.0.1:{port}/0", settings.redis)
+    try:
+        wait_port(port, proc)
+        await admin.execute_command("ACL", "SETUSER", "bot", "on", ">bot-Pw-5521", "~*", "&*")
+        await admin.execute_command("ACL", "SETUSER", "bot", "+@all", "-hget")
+        services = Services.build(settings, client)
+        await services.queue.ensure_group()
+        event = Event.new("test.noop", "home", source="test")
+        await services.queue.publish(event)
+        (taken,) = await services.queue.read("ghost", 1, 1000)  # a worker that then died
+        worker = build_worker(services, "w")
+        stop = asyncio.Event()
+        with caplog.at_level(logging.WARNING, logger="tunnelwarden.worker"):
+            task = asyncio.create_task(worker.run(stop))
+            try:
+
+                async def refused() -> bool:
+                    return any(
+                        f"dead-lettering {taken.entry_id} failed" in r.getMessage()
+                        for r in caplog.records
+                    )
+
+                await eventually(refused, within=15)
+                await admin.execute_command("ACL", "SETUSER", "bot", "+hget")
+                dead = await eventually(_dead(services, 1), within=15)
+                assert not task.done(), "the worker is still running"
+            finally:
+                stop.set()
+                await task
+        assert [d.entry_id for d in dead] == [taken.entry_id]
+        assert "gave up after" in dead[0].reason
+    finally:
+        await client.aclose()
+        await admin.aclose()
+        proc.terminate()
+        proc.wait(10)

@@ -216,18 +216,30 @@ async def test_a_shared_key_learnt_at_run_time_is_masked_in_errors(
     prefix: str, tmp_path: Path, redis_url: str
 ) -> None:
     """ARM quotes a connection's shared key in an error: history and journal get it masked
-    (the key is registered with the redactor the moment it is read)."""
+    (the key is registered with the redactor the moment it is read), and so does chat: a
+    message quoting the key reaches a local chat receiver with it masked."""
     from redis.asyncio import Redis
 
+    from bot.chat.models import Notification, Severity
     from bot.models import PlaybookCall
     from bot.sim.arm import start_arm_sim
     from tests.azure_world import SHARED_KEY, azure_settings, world
+    from tests.chat.chat_receiver import Receiver
     from tests.test_azure_playbooks import execute
 
     w = world()
     sim, port = await start_arm_sim(w)
+    chat = Receiver()
+    await chat.start()
     client = Redis.from_url(redis_url)
-    services = Services.build(azure_settings(prefix, tmp_path, port), client)
+    settings = azure_settings(
+        prefix,
+        tmp_path,
+        port,
+        notify=[{"kind": "webhook", "url": f"http://127.0.0.1:{chat.port}/hook", "name": "ops"}],
+    )
+    services = Services.build(settings, client)
+    assert services.redact(SHARED_KEY) == SHARED_KEY, "not a configured secret: learnt later"
     w.drop_tunnel("conn-home", cleared_by=["put_connection"])
     w.add_fault(
         kind="error",
@@ -241,10 +253,29 @@ async def test_a_shared_key_learnt_at_run_time_is_masked_in_errors(
     try:
         record = await execute(services, PlaybookCall(name="recreate-connection", confirmed=True))
         journal = await services.state.journal("home", record.run_id)
+        quoted = f"ARM said: the shared key {SHARED_KEY} does not match the policy"
+        await services.notifications.send(
+            Notification(
+                severity=Severity.CRITICAL,
+                title=f"home: {quoted}",
+                site="home",
+                summary=quoted,
+                facts={"error": quoted},
+                next_step=quoted,
+            )
+        )
     finally:
         await services.azure.close()
+        await services.notifications.close()
         await client.aclose()
         await sim.cleanup()
+        await chat.close()
+    assert len(chat.requests) == 1, "the message reached the chat receiver"
+    delivered = chat.requests[0].body.decode()
+    assert "ARM said: the shared key [REDACTED] does not match" in json.dumps(
+        chat.requests[0].json()
+    )
+    assert SHARED_KEY not in delivered
     assert record.outcome == "failed"
     error = record.playbooks[0].error or ""
     assert "the shared key *** does not match" in error

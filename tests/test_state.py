@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 from redis.asyncio import Redis
 
 from bot.models import RunRecord
 from bot.services import Services
+from tests.helpers import done_run
 
 
 async def test_lock_is_renewed_while_the_run_outlives_its_ttl(services: Services) -> None:
@@ -86,7 +88,7 @@ async def test_a_run_is_recorded_once(services: Services) -> None:
         assert not lock.held
     assert ids[0] and ids[1:] == [None, None]
     assert len(await services.state.history("home")) == 1
-    assert await services.state.is_done("home", "k1") == "r1"
+    assert await done_run(services, "home", "k1") == "r1"
     assert await services.state.changes_since("home", 60) == 1
 
 
@@ -119,7 +121,7 @@ async def test_fencing_numbers_only_grow_and_a_lost_lock_writes_nothing(
             pass
     assert await services.redis.llen(services.keys.journal("home", "r1")) == 0
     assert await services.state.history("home") == []
-    assert await services.state.is_done("home", "k1") is None
+    assert await done_run(services, "home", "k1") is None
     await second.check()  # the new holder is fine, and still holds the site
     assert await services.redis.get(services.keys.lock("home")) == str(second.fence).encode()
     await second.release()
@@ -164,3 +166,32 @@ def test_keys_that_are_written_together_share_a_cluster_slot() -> None:
     }
     assert len(queue) == 1
     assert key_slot(keys.state("home").encode()) != key_slot(keys.state("office").encode())
+
+
+async def test_a_failing_renewal_marks_the_lock_lost(services: Services, tmp_path: Path) -> None:
+    """Redis stops answering while a run holds its site: the renewal cannot prove the lock is
+    ours any more, so the lock counts as lost (and the next check says so) rather than the
+    run carrying on as if it still held the site."""
+    from bot.state import LockLost
+    from tests.conftest import start_private_redis
+
+    proc, url = start_private_redis(tmp_path)
+    client = Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    try:
+        holder = Services.build(services.settings, client).state.site_lock("home", ttl=0.3)
+        assert await holder.acquire()
+        assert not holder.lost.is_set()
+        proc.terminate()  # Redis goes away under the holder
+        proc.wait(10)
+        await asyncio.wait_for(holder.lost.wait(), 5)
+        try:
+            await holder.check()
+            raise AssertionError("a lock whose renewal failed passed its check")
+        except LockLost:
+            pass
+        await holder.release()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        await client.aclose()

@@ -18,7 +18,7 @@ from bot.models import RunRecord
 from bot.services import Services
 from bot.worker import Worker
 from tests.conftest import make_settings
-from tests.helpers import eventually
+from tests.helpers import done_run, eventually
 
 
 @contextlib.asynccontextmanager
@@ -143,7 +143,7 @@ async def test_duplicate_events_run_once(services: Services, redis_url: str) -> 
     records = await services.state.history("home", limit=10)
     assert len(records) == 1
     assert records[0].outcome == "ok"
-    assert await services.state.is_done("home", "ip.changed:home:203.0.113.7") == records[0].run_id
+    assert await done_run(services, "home", "ip.changed:home:203.0.113.7") == records[0].run_id
     await other.redis.aclose()
 
 
@@ -212,7 +212,7 @@ async def test_playbook_failure_is_recorded_not_dead_lettered(services: Services
     assert "seconds" in (result.error or "")
     assert await services.queue.dead_letters() == []
     # A failed run does not burn the idempotency key: the same request may be tried again.
-    assert await services.state.is_done("home", records[0].idempotency_key) is None
+    assert await done_run(services, "home", records[0].idempotency_key) is None
 
 
 async def test_playbook_timeout_is_reported(prefix: str, tmp_path: Path, redis_url: str) -> None:

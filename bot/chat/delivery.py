@@ -26,7 +26,7 @@ from bot.chat.models import ChannelConfig, ChannelKind
 from bot.chat.text import truncate
 from bot.retry import backoff, parse_retry_after
 
-__all__ = ["DeliveryResult", "RetryPolicy", "deliver", "parse_retry_after"]
+__all__ = ["DeliveryResult", "RetryPolicy", "deliver"]
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,7 @@ formatter renders the same facts in the same order.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -21,11 +22,19 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
-__all__ = ["ChannelConfig", "ChannelKind", "Fact", "Notification", "Severity"]
+__all__ = [
+    "ChannelConfig",
+    "ChannelKind",
+    "Fact",
+    "Notification",
+    "Severity",
+    "split_apprise_urls",
+]
 
 
 class Severity(StrEnum):
@@ -61,6 +70,9 @@ class ChannelKind(StrEnum):
     TEAMS = "teams"
     DISCORD = "discord"
     WEBHOOK = "webhook"
+    # Anything apprise reaches (e-mail, PagerDuty, Opsgenie, ntfy, Telegram, Matrix...):
+    # ``url`` holds one or more apprise URLs, not an http(s) webhook.
+    APPRISE = "apprise"
 
 
 NonEmptyStr = Annotated[str, Field(min_length=1)]
@@ -123,13 +135,60 @@ class Notification(BaseModel):
 
 
 _HTTP_SCHEMES = frozenset({"http", "https"})
+# Apprise URLs are separated by whitespace or commas (apprise's own rule); a comma inside a
+# URL's query (``?to=a@x,b@y``) is not a separator, since no ``scheme://`` follows it.
+_APPRISE_COMMA = re.compile(r",+(?=[A-Za-z][A-Za-z0-9+.-]*://)")
+_APPRISE_URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]{0,31})://\S+")
+
+
+def split_apprise_urls(value: str) -> list[str]:
+    """The apprise URLs in ``value`` (separated by whitespace, commas or new lines)."""
+    return [
+        piece.strip(",")
+        for word in value.split()
+        for piece in _APPRISE_COMMA.split(word)
+        if piece.strip(",")
+    ]
+
+
+def _unknown_apprise_schemes(schemes: list[str]) -> list[str]:
+    """Those of ``schemes`` no installed apprise plugin handles (apprise imported lazily)."""
+    try:
+        from apprise import NotificationManager
+    except ImportError:
+        raise ValueError("kind 'apprise' needs the apprise package (pip install apprise)") from None
+
+    # a singleton: the plugin registry apprise itself uses (its __init__ is untyped)
+    plugins = NotificationManager()  # type: ignore[no-untyped-call]
+    return [s for s in schemes if s not in plugins]
+
+
+def _check_apprise_urls(value: str) -> None:
+    urls = split_apprise_urls(value)
+    if not urls:
+        raise ValueError("apprise channel url must hold at least one apprise URL")
+    schemes: list[str] = []
+    for i, url in enumerate(urls, 1):
+        match = _APPRISE_URL.fullmatch(url)
+        if match is None:
+            raise ValueError(f"apprise url {i} of {len(urls)} must look like scheme://...")
+        schemes.append(match["scheme"].lower())
+    unknown = _unknown_apprise_schemes(schemes)
+    if unknown:
+        # A scheme is no secret (the part before "://"), and naming it shows the typo.
+        raise ValueError(
+            f"apprise url scheme(s) {', '.join(sorted(set(unknown)))} not supported by "
+            "the installed apprise (see its list of services)"
+        )
 
 
 class ChannelConfig(BaseModel):
     """Where and when to deliver notifications.
 
     ``url`` is a ``SecretStr`` because chat webhook URLs embed their bearer
-    token; only the host is ever shown (see :pyattr:`host`).
+    token; only the host is ever shown (see :pyattr:`host`).  For kind ``apprise``
+    it holds one or more apprise URLs (``ntfy://host/topic``, ``mailto://...``,
+    ``pagerduty://...``), separated by whitespace, commas or new lines.
     """
 
     # hide_input_in_errors: a ValidationError would otherwise echo the raw URL.
@@ -149,10 +208,18 @@ class ChannelConfig(BaseModel):
 
     @field_validator("url")
     @classmethod
-    def _url_is_http(cls, value: SecretStr) -> SecretStr:
-        parts = urlsplit(value.get_secret_value())
-        if parts.scheme not in _HTTP_SCHEMES or not parts.hostname:
-            raise ValueError("channel url must be an absolute http(s) URL")
+    def _url_fits_kind(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
+        # Messages name the URL by position only: it is a secret (hide_input_in_errors
+        # keeps pydantic from echoing it; our own text must not either).
+        kind = info.data.get("kind")
+        if kind is None:  # kind itself is invalid; that error is reported
+            return value
+        if kind is not ChannelKind.APPRISE:
+            parts = urlsplit(value.get_secret_value())
+            if parts.scheme not in _HTTP_SCHEMES or not parts.hostname:
+                raise ValueError("channel url must be an absolute http(s) URL")
+            return value
+        _check_apprise_urls(value.get_secret_value())
         return value
 
     @model_validator(mode="after")
@@ -165,8 +232,22 @@ class ChannelConfig(BaseModel):
         return self
 
     @property
+    def apprise_urls(self) -> list[str]:
+        """The channel's apprise URLs (secrets); empty for the other kinds."""
+        if self.kind is not ChannelKind.APPRISE:
+            return []
+        return split_apprise_urls(self.url.get_secret_value())
+
+    @property
     def host(self) -> str:
-        """Host part of the URL: safe to log, unlike the full URL."""
+        """Host part of the URL: safe to log, unlike the full URL.
+
+        For apprise the URL schemes instead (``tgram,mailto``): in many apprise URLs the
+        host position holds a token (``tgram://BOT_TOKEN/CHAT``, ``opsgenie://API_KEY``).
+        """
+        if self.kind is ChannelKind.APPRISE:
+            schemes = (u.split("://", 1)[0].lower() for u in self.apprise_urls)
+            return ",".join(dict.fromkeys(schemes)) or "?"
         return urlsplit(self.url.get_secret_value()).hostname or "?"
 
     @property

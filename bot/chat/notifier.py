@@ -19,13 +19,14 @@ from urllib.parse import parse_qsl, urlsplit
 import aiohttp
 from pydantic import ValidationError
 
+from bot.chat.apprise import AppriseChannel, apprise_url_secrets
 from bot.chat.delivery import DeliveryResult, RetryPolicy, deliver
 from bot.chat.formatters import format_payload
 from bot.chat.models import ChannelConfig, ChannelKind, Notification
 from bot.chat.signing import SIGNATURE_HEADER, sign
 from bot.redact import Redactor
 
-__all__ = ["REDACTED", "Notifier", "scrub_notification", "url_secrets"]
+__all__ = ["REDACTED", "Notifier", "channel_secrets", "scrub_notification", "url_secrets"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,20 @@ def url_secrets(url: str) -> list[str]:
         found.append(parts.password)
     found.extend(seg for seg in parts.path.split("/") if len(seg) >= _MIN_TOKEN_LEN)
     found.extend(v for _, v in parse_qsl(parts.query) if len(v) >= _MIN_TOKEN_LEN)
+    return found
+
+
+def channel_secrets(channel: ChannelConfig) -> list[str]:
+    """Everything of ``channel`` that must never be shown: its URL (for ``apprise``, each
+    of its URLs) with the tokens inside, and its signing secret."""
+    if channel.kind is ChannelKind.APPRISE:
+        found = [channel.url.get_secret_value()]
+        for url in channel.apprise_urls:
+            found.extend(apprise_url_secrets(url))
+    else:
+        found = url_secrets(channel.url.get_secret_value())
+    if channel.signing_secret is not None:
+        found.append(channel.signing_secret.get_secret_value())
     return found
 
 
@@ -83,7 +98,9 @@ class Notifier:
     masked in messages too (without one the notifier makes its own).
     ``secrets`` are values that must never appear in a message; they, channel
     URLs, their embedded tokens and signing secrets are added to the redactor,
-    which then masks them in logs and history as well.
+    which then masks them in logs and history as well (apprise's own log lines
+    included). ``apprise`` channels are delivered by apprise
+    (:mod:`bot.chat.apprise`), the others by ``session``.
     """
 
     def __init__(
@@ -102,11 +119,15 @@ class Notifier:
         for secret in secrets:
             self._redact.add(secret)
         for channel in self._channels:
-            for secret in url_secrets(channel.url.get_secret_value()):
+            for secret in channel_secrets(channel):
                 self._redact.add(secret)
-            if channel.signing_secret is not None:
-                self._redact.add(channel.signing_secret.get_secret_value())
         self._scrub = partial(self._redact, mask=REDACTED)
+        # apprise channels deliver through apprise, not our HTTP client (loaded on first use)
+        self._apprise = {
+            id(c): AppriseChannel(c, policy=self._retry, scrub=self._scrub)
+            for c in self._channels
+            if c.kind is ChannelKind.APPRISE
+        }
 
     @property
     def channels(self) -> tuple[ChannelConfig, ...]:
@@ -169,13 +190,20 @@ class Notifier:
 
     async def _send_one(self, channel: ChannelConfig, clean: Notification) -> DeliveryResult:
         payload = self._render_clean(channel, clean)
-        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        headers = {"Content-Type": "application/json; charset=utf-8", "User-Agent": USER_AGENT}
-        if channel.kind is ChannelKind.WEBHOOK and channel.signing_secret is not None:
-            headers[SIGNATURE_HEADER] = sign(channel.signing_secret.get_secret_value(), body)
-        result = await deliver(
-            self._session, channel, body, headers, policy=self._retry, scrub=self._scrub
-        )
+        target = self._apprise.get(id(channel))
+        if target is not None:
+            result = await target.send(payload)
+        else:
+            body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            headers = {
+                "Content-Type": "application/json; charset=utf-8",
+                "User-Agent": USER_AGENT,
+            }
+            if channel.kind is ChannelKind.WEBHOOK and channel.signing_secret is not None:
+                headers[SIGNATURE_HEADER] = sign(channel.signing_secret.get_secret_value(), body)
+            result = await deliver(
+                self._session, channel, body, headers, policy=self._retry, scrub=self._scrub
+            )
         level = logging.INFO if result.delivered else logging.WARNING
         log.log(
             level,

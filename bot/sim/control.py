@@ -17,6 +17,8 @@ Routes (no authentication; the server only listens on loopback)::
                                              "instance"?: 0 | 1 | tunnel name | VIP}
     POST   /_sim/tunnels/idle               {"connection": id-or-name, "idle"?: true,
                                              "instance"?: 0 | 1 | tunnel name | VIP}
+    PUT    /_sim/tunnels/peer               {"connection": id-or-name, "instances": [0] | null}
+                                            which tunnels the device dials (null: all)
     GET    /_sim/traffic-manager            profiles: status, endpoints with their monitor
                                              status and health controls
     POST   /_sim/traffic-manager/health     {"endpoint": id | profile/name | name,
@@ -149,6 +151,17 @@ def add_control_routes(app: web.Application, world: World) -> None:
         world.set_idle(_field(body, "connection"), flag, instance=instance(body))
         return web.json_response(world.tunnel_info(_field(body, "connection")))
 
+    async def peer(request: web.Request) -> web.StreamResponse:
+        body = await _json_body(request)
+        chosen = body.get("instances")
+        if chosen is not None and (
+            not isinstance(chosen, list)
+            or not all(isinstance(i, int) and not isinstance(i, bool) for i in chosen)
+        ):
+            raise ValueError("instances must be a list of instance indexes or null")
+        world.set_peer_legs(_field(body, "connection"), chosen)
+        return web.json_response(world.tunnel_info(_field(body, "connection")))
+
     async def traffic_manager(_: web.Request) -> web.StreamResponse:
         return web.json_response(world.traffic_manager.snapshot())
 
@@ -205,6 +218,7 @@ def add_control_routes(app: web.Application, world: World) -> None:
         ("GET", "/_sim/tunnels/detail", tunnel_detail),
         ("POST", "/_sim/tunnels/drop", drop),
         ("POST", "/_sim/tunnels/idle", idle),
+        ("PUT", "/_sim/tunnels/peer", peer),
         ("GET", "/_sim/traffic-manager", traffic_manager),
         ("POST", "/_sim/traffic-manager/health", endpoint_health),
         ("GET", "/_sim/faults", list_faults),

@@ -32,6 +32,9 @@ happens (default: any of ``reset_connection``, ``put_connection``, ``set_shared_
 ``put_lng``, ``reset_gateway``), which lets tests model "only a gateway reset helps". A
 gateway reset reboots one instance: the one whose public IP is given as ``gatewayVip``, else
 the primary (instance 0), as the reset-gateway doc describes for active-active gateways.
+A device with a primary and a secondary gateway dials only the tunnel to the one it uses
+(:meth:`World.set_peer_legs`, driven by the SonicOS simulator through
+:mod:`bot.sim.devices.link`); the others are NotConnected.
 
 Seed file format: see :mod:`bot.sim.seed` (and ``docs/simulator.md``).
 All mutators raise :class:`~bot.sim.errors.ArmError` exactly as the REST API
@@ -219,6 +222,9 @@ class World:
         self.limiter = RateLimiter(clock, ARM_LIMITS)
         self.traffic_manager = TrafficManager(clock, lambda: self.settings, self._scope)
         self._gateway_slots: dict[str, int] = {}
+        # Connections whose on-premises device chooses which tunnels it dials (a SonicWall with
+        # primary and secondary gateways, bot.sim.devices.link): key -> the instances dialed.
+        self.peer_legs: dict[str, frozenset[int]] = {}
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -1095,8 +1101,9 @@ class World:
             tunnel = self._new_tunnel(key)
             ok = tunnel.dropped_until is None and self._agrees(conn, devices)
             active = self._leg_count(conn)
+            dialed = self.peer_legs.get(key)
             for index, leg in enumerate(tunnel.legs):
-                if not ok or index >= active:
+                if not ok or index >= active or (dialed is not None and index not in dialed):
                     leg.up_at = None
                 elif leg.up_at is None:  # newly agreed (or newly active instance): dial
                     leg.up_at = now + self.settings.tunnel_delay
@@ -1295,6 +1302,21 @@ class World:
                 tunnel.legs[index].dropped_until = actions
         self.reevaluate()
 
+    def set_peer_legs(self, connection: str, instances: Iterable[int] | None) -> None:
+        """Which of a connection's tunnels its on-premises device dials: ``instances`` (0, 1:
+        the gateway instances whose public IP the device uses as its peer), or every one
+        (``None``, the default). A tunnel the device stops dialing goes NotConnected; one it
+        starts dialing is Connecting, then Connected (if it agrees)."""
+        conn = self.find(connection)
+        if instances is None:
+            self.peer_legs.pop(conn.key, None)
+        else:
+            chosen = frozenset(instances)
+            if any(isinstance(i, bool) or not 0 <= i < 2 for i in chosen):
+                raise ValueError("instances are gateway instance indexes: 0 or 1")
+            self.peer_legs[conn.key] = chosen
+        self.reevaluate()
+
     def set_idle(
         self, connection: str, idle: bool = True, *, instance: int | str | None = None
     ) -> None:
@@ -1349,6 +1371,7 @@ class World:
                     if status == "Unknown" or tunnel is None
                     else self._leg_state(tunnel, leg, now),
                     "idle": leg.idle,
+                    "dialed": index in self.peer_legs.get(conn.key, frozenset({index})),
                     "dropped": sorted(leg.dropped_until) if leg.dropped_until else None,
                     "ingressBytesTransferred": int(leg.ingress),
                     "egressBytesTransferred": int(leg.egress),

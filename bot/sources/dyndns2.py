@@ -7,13 +7,14 @@ one return code per hostname, in request order; account/system-level errors are 
 
 Choices made here (see the report / docs):
 
-- Methods. GET updates. POST updates too, with the parameters in the query string as for GET
-  (the body is not read): Google Domains documented `POST /nic/update?hostname=...` as its
-  example request ("GET is also allowed"), and POST may have side effects. HEAD is answered
-  exactly as GET would be (status and headers; HTTP sends no body) but changes nothing: no
-  update, no `on_reject` report. A HEAD for a valid request reports `nochg <ip>`, which is
-  literally what happened. HEAD still spends a rate-limit token and counts as a password check
-  (it would be a free password oracle otherwise). Other methods get 405.
+- Methods. Only GET updates: the dyndns2 protocol is `GET /nic/update` (Dyn's "perform
+  update" page), and what the routers we serve send (FRITZ!Box, ddclient, inadyn). HEAD is
+  answered exactly as GET would be (status and headers; HTTP sends no body) but changes
+  nothing: no update, no `on_reject` report. A HEAD for a valid request reports `nochg <ip>`,
+  which is literally what happened. HEAD still spends a rate-limit token and counts as a
+  password check (it would be a free password oracle otherwise). Every other method, POST
+  included, gets 405 with `Allow: GET,HEAD` and changes nothing (a form or script on another
+  site cannot push an address through a visitor's browser).
 - `myip` may hold `v4,v6` (variomedia style); `myipv6` is also read. Empty values are treated
   as absent, because a FRITZ!Box without IPv6 substitutes `<ip6addr>` with nothing. With no
   address at all, the request's remote address is used (aiohttp `request.remote`; put a
@@ -581,7 +582,7 @@ async def _update(
 
 
 def add_dyndns2_routes(app: web.Application, handler: Handler, path: str = "/nic/update") -> None:
-    """Register `handler` for GET and POST (updates) and HEAD (answers, changes nothing)."""
+    """Register `handler` for GET (updates) and HEAD (answers, changes nothing); aiohttp
+    answers any other method, POST included, with 405 and `Allow: GET,HEAD`."""
     app.router.add_get(path, handler, allow_head=False)
     app.router.add_route(hdrs.METH_HEAD, path, handler)
-    app.router.add_post(path, handler)

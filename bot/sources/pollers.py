@@ -22,7 +22,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 import aiohttp
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from bot.retry import backoff, is_transient
 from bot.sources.debounce import DebounceDecision, Debouncer
 from bot.sources.echo import ConsensusResult, ProviderOutcome, decide, query_consensus
 from bot.sources.fritz import (
@@ -395,11 +398,26 @@ def build_pollers(
     return pollers
 
 
-async def _poll_once(poller: Poller) -> None:
+def _weather(exc: BaseException) -> bool:
+    """A fault that passes by itself (Redis away or slow, a connection refused): retried with
+    the backoff and logged in one line, not with a traceback each time."""
+    return isinstance(exc, RedisConnectionError | RedisTimeoutError) or is_transient(exc)
+
+
+def _brief(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc)[:200]}" if str(exc) else type(exc).__name__
+
+
+async def _poll_once(poller: Poller) -> bool:
+    """One poll; False if it failed with weather (the caller backs off)."""
     try:
         await poller.poll()
-    except Exception:
+    except Exception as exc:
+        if _weather(exc):
+            log.warning("poller %s failed (%s)", poller.name, _brief(exc))
+            return False
         log.exception("poller %s failed; trying again next interval", poller.name)
+    return True
 
 
 async def run_pollers(
@@ -408,6 +426,7 @@ async def run_pollers(
     stop: asyncio.Event,
     *,
     tick: float = 1.0,
+    retry_cap: float = 30.0,
     clock: Clock = time.monotonic,
 ) -> None:
     """Run each poller every `interval` seconds while this replica holds `lease`.
@@ -417,6 +436,10 @@ async def run_pollers(
     polls, so keep `lease.ttl` at 3 ticks or more to hand over before the old leader could
     still be polling. A new leader polls everything at once. Returns soon after `stop` is set,
     releasing the lease so another replica takes over without waiting for it to expire.
+
+    Redis away is weather: failed renewals are retried with the one backoff
+    (`bot.retry.backoff`, from `tick` up to `retry_cap` seconds), and so is a poller whose
+    poll failed with weather (from its interval up to `retry_cap`), each logged in one line.
     """
     if tick <= 0:
         raise ValueError("tick must be > 0")
@@ -428,15 +451,38 @@ async def run_pollers(
         )
     leading = False
     due = [0.0] * len(pollers)
-    tasks: list[asyncio.Task[None] | None] = [None] * len(pollers)
+    failed = [0] * len(pollers)  # consecutive weather failures, per poller
+    tasks: list[asyncio.Task[bool] | None] = [None] * len(pollers)
     next_renewal = clock()
+    renewal_failures = 0
     stopped = asyncio.ensure_future(stop.wait())
     try:
         while not stop.is_set():
             now = clock()
             if now >= next_renewal:
-                next_renewal = now + tick
-                was_leading, leading = leading, await _renew(lease, tick)
+                was_leading = leading
+                try:
+                    leading = await _renew(lease, tick)
+                except Exception as exc:
+                    leading = False
+                    renewal_failures += 1
+                    delay = backoff(renewal_failures, tick, max(tick, retry_cap))
+                    log.warning(
+                        "leader lease %s: renewal failed (%s); again in %.1fs",
+                        lease.key,
+                        _brief(exc),
+                        delay,
+                    )
+                    next_renewal = now + delay
+                else:
+                    if renewal_failures:
+                        log.info(
+                            "leader lease %s: redis answers again after %d failed renewal(s)",
+                            lease.key,
+                            renewal_failures,
+                        )
+                    renewal_failures = 0
+                    next_renewal = now + tick
                 if leading and not was_leading:
                     log.info("leader lease %s taken: running %d poller(s)", lease.key, len(pollers))
                     due = [clock()] * len(pollers)
@@ -452,6 +498,13 @@ async def run_pollers(
                     if task is not None and not task.done():
                         waits.add(task)
                         continue
+                    if task is not None:  # finished: back off after weather
+                        tasks[i] = None
+                        ok = task.cancelled() or task.result()
+                        failed[i] = 0 if ok else failed[i] + 1
+                        if failed[i]:
+                            cap = max(retry_cap, poller.interval)
+                            due[i] = max(due[i], now + backoff(failed[i], poller.interval, cap))
                     if now >= due[i]:
                         due[i] = now + poller.interval
                         task = asyncio.create_task(_poll_once(poller), name=f"poll {poller.name}")
@@ -468,25 +521,22 @@ async def run_pollers(
         try:  # bounded: with Redis gone, the client's own retries would hold up shutdown
             async with asyncio.timeout(tick):
                 await lease.release()
-        except Exception:
+        except Exception as exc:
             log.warning(
-                "could not release leader lease %s; it expires in %.0fs",
+                "could not release leader lease %s (%s); it expires in %.0fs",
                 lease.key,
+                _brief(exc),
                 lease.ttl,
-                exc_info=True,
             )
 
 
 async def _renew(lease: LeaderLease, within: float) -> bool:
-    try:
-        async with asyncio.timeout(within):
-            return await lease.try_acquire()
-    except Exception:
-        log.warning("leader lease %s: renewal failed", lease.key, exc_info=True)
-        return False
+    """Take or keep the lease; raises (``TimeoutError`` after ``within`` seconds) on failure."""
+    async with asyncio.timeout(within):
+        return await lease.try_acquire()
 
 
-async def _cancel(tasks: list[asyncio.Task[None] | None]) -> None:
+async def _cancel(tasks: list[asyncio.Task[bool] | None]) -> None:
     """Cancel running polls and wait for them (a cancellation of the caller still raises)."""
     running = [t for t in tasks if t is not None and not t.done()]
     for task in running:

@@ -157,7 +157,11 @@ class TunnelWatcher:
         status = _text(conn.connection_status) or "Unknown"
         total = int(conn.ingress_bytes_transferred or 0) + int(conn.egress_bytes_transferred or 0)
         partial = ""
-        for tunnel in conn.tunnel_connection_status or []:
+        # A SonicWall with a primary and a secondary gateway dials one instance of an
+        # active-active gateway at a time: the other tunnel is down by design, and which one
+        # carries traffic is the failover reconciler's to judge (handlers.failover).
+        one_at_a_time = cfg.failover is not None and cfg.failover.actor == "sonicwall"
+        for tunnel in [] if one_at_a_time else conn.tunnel_connection_status or []:
             if status == "Connected" and _text(tunnel.connection_status) != "Connected":
                 partial = f"tunnel {tunnel.tunnel} is {_text(tunnel.connection_status)}"
         state = self.services.state

@@ -7,7 +7,9 @@ waits, and if it stays down it says why (the connection's status against the LNG
 A reset restarts the tunnel, so it is sent at most once per run: the POST goes out without
 azure-core's status retries (it would re-send a POST on 500/503/504), its operation is polled
 with them, and if the outcome is unknown (a failure after sending, a crash) the run does not
-send it again but waits and reads the connection's status.
+send it again but waits and reads the connection's status. A reset ARM refused with 409
+``AnotherOperationInProgress`` was not sent: the run waits for the running operation to
+finish, plans again, and sends it then if the connection is still down.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from bot.models import Change, Plan
+from bot.retry import TransientError, describe_error, status_of
 from playbooks.azure.common import (
     LRO_STATUS,
     NET,
     AzureTarget,
     finish,
     network,
+    settled,
     target,
     text,
     tunnel_status,
@@ -79,6 +83,31 @@ async def _why_down(
         f"lng {t.local_network_gateway} points at {address} "
         f"(provisioning {text(lng.provisioning_state) or 'unknown'})"
     )
+
+
+class ResetRefused(TransientError):
+    """ARM refused the reset (another operation on the connection was running): it was not
+    sent, so a later try in the same run may send it."""
+
+
+def busy(exc: BaseException) -> bool:
+    """ARM's 409 AnotherOperationInProgress: the request was refused, nothing was done."""
+    return status_of(exc) == 409 and describe_error(exc)[0] == "AnotherOperationInProgress"
+
+
+def refused_only(ctx: RunContext, step: str) -> bool:
+    """Every earlier try of ``step`` in this playbook ended refused (``ResetRefused``), so
+    none of them reached the target (a crash or any other failure leaves it unknown)."""
+    tries = [e for e in ctx.journal if e.playbook == ctx.index and e.step == step]
+    if tries and tries[-1].phase == "resumed":
+        tries = tries[:-1]  # this try (the step journals it before asking)
+    began = [e for e in tries if e.phase in ("start", "resumed")]
+    refused = [
+        e
+        for e in tries
+        if e.phase == "failed" and str(e.data or "").startswith(f"{ResetRefused.__name__}:")
+    ]
+    return bool(began) and len(refused) == len(began) and tries[-1].phase == "failed"
 
 
 class VerifyTunnel(Playbook[VerifyParams]):
@@ -140,20 +169,34 @@ class ResetConnection(Playbook[ResetParams]):
             client = await network(ctx)
             ops = client.virtual_network_gateway_connections
             delay = ctx.services.settings.azure.polling_interval
+
             # retry_status=0 applies to the POST only: the poller below has its own settings,
             # so its status reads keep azure-core's retries (a throttled poll is retried, the
             # reset is not re-sent).
-            poller = await ops.begin_reset_connection(
-                t.resource_group, t.connection, retry_status=0, polling=AsyncARMPolling(delay)
-            )
-
             async def get() -> Any:
                 return await ops.get(t.resource_group, t.connection)
+
+            try:
+                poller = await ops.begin_reset_connection(
+                    t.resource_group, t.connection, retry_status=0, polling=AsyncARMPolling(delay)
+                )
+            except Exception as exc:
+                if not busy(exc):
+                    raise
+                # Refused, so not sent: wait for the running operation, then plan again
+                # (it may have brought the tunnel back), and send the reset then if needed.
+                await settled(ctx, get, f"connection {t.connection}", after_write=True)
+                raise ResetRefused(
+                    f"connection {t.connection} was busy (AnotherOperationInProgress); "
+                    "its operation finished, planning again"
+                ) from exc
 
             await finish(ctx, poller, get, f"connection {t.connection}")
             return "reset"
 
         async def sent_before() -> str:
+            if refused_only(ctx, "reset"):
+                return await reset()  # every earlier try was refused by ARM: none went out
             return "reset sent before (outcome unknown); not repeated in this run"
 
         done = await ctx.step("reset", reset, on_unknown=sent_before)

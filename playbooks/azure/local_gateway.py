@@ -6,7 +6,8 @@ settings stay, and the connection stays too: Azure documents that the tunnel re-
 
 ``recreate-connection`` is the classic recipe for when that does not bring the tunnel back,
 and it is **destructive** (the connection is deleted): snapshot the connection (settings and
-shared key, encrypted in the journal), delete it, update the LNG (when an address is given),
+shared key, encrypted in the journal), delete it (``If-Match`` the snapshot's ETag, so a
+connection changed since is not deleted), update the LNG (when an address is given),
 create the connection again from the snapshot. Every step is journaled, so a crash anywhere
 resumes and the connection is never lost; it runs only where the site's policy allows
 destructive playbooks or a person confirmed it.
@@ -255,7 +256,8 @@ class RecreateConnection(Playbook[RecreateParams]):
     async def apply(self, ctx: RunContext, params: RecreateParams, plan: Plan) -> str:
         t = target(ctx)
         snapshot = await ctx.step("snapshot", lambda: _snapshot(ctx, t), secret=True)
-        await ctx.step("delete-connection", lambda: _delete_connection(ctx, t))
+        etag = snapshot.get("etag")
+        await ctx.step("delete-connection", lambda: _delete_connection(ctx, t, etag))
         moved = ""
         if params.ip and plan.read:
             ip = params.ip
@@ -302,20 +304,38 @@ async def _snapshot(ctx: RunContext, t: AzureTarget) -> dict[str, Any]:
             "SharedKeyUnreadable",
         )
     ctx.services.redact.add(value)  # from now on it is masked wherever it could appear
-    body = writable_connection(_arm_json(conn))
+    raw = _arm_json(conn)
+    body = writable_connection(raw)
     body["properties"]["sharedKey"] = value
+    if raw.get("etag"):  # the DELETE is conditional on it (not sent back on the PUT)
+        body["etag"] = raw["etag"]
     return body
 
 
-async def _delete_connection(ctx: RunContext, t: AzureTarget) -> str:
+async def _delete_connection(ctx: RunContext, t: AzureTarget, etag: str | None) -> str:
+    """DELETE the connection, If-Match the ETag of the snapshot: a connection changed since
+    (someone edited it) is not deleted, since the snapshot would re-create it as it was. The
+    next run snapshots it again."""
     client = await network(ctx)
     ops = client.virtual_network_gateway_connections
+    headers = {"If-Match": str(etag)} if etag else {}
     try:
-        poller = await ops.begin_delete(t.resource_group, t.connection)
+        poller = await ops.begin_delete(t.resource_group, t.connection, headers=headers)
     except Exception as exc:
         if is_not_found(exc):
             return "already gone"
-        raise
+        if not precondition_failed(exc):
+            raise
+        try:  # gone (a resumed run whose delete finished) or changed since the snapshot
+            await ops.get(t.resource_group, t.connection)
+        except Exception as read:
+            if is_not_found(read):
+                return "already gone"
+            raise
+        raise TransientError(
+            f"connection {t.connection} changed since its snapshot; not deleted (the next "
+            "run snapshots it again)"
+        ) from exc
 
     async def get() -> Any:
         return await ops.get(t.resource_group, t.connection)
@@ -328,6 +348,7 @@ async def _create_connection(ctx: RunContext, t: AzureTarget, body: dict[str, An
     client = await network(ctx)
     ops = client.virtual_network_gateway_connections
     ctx.services.redact.add(str(body.get("properties", {}).get("sharedKey") or ""))
+    body = {k: v for k, v in body.items() if k != "etag"}  # the snapshot's, for the DELETE
     poller = await ops.begin_create_or_update(
         t.resource_group, t.connection, cast("ConnectionJson", body)
     )

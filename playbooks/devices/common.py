@@ -38,8 +38,8 @@ import aiohttp
 from pydantic import SecretStr
 from yarl import URL
 
-from bot.redact import Redactor
-from bot.retry import PermanentError, TransientError
+from bot.redact import Redactor, process_redactor
+from bot.retry import PermanentError, TransientError, parse_retry_after
 
 __all__ = [
     "AccessDenied",
@@ -265,14 +265,19 @@ class HttpDevice:
         ca_file: str | Path | None = None,
         timeout: float = 30.0,
         secrets: Iterable[str | SecretStr | None] = (),
+        redact: Redactor | None = None,
     ) -> None:
         self.base_url = check_url(url)
         self.name = name or f"{self.kind} {self.base_url.host}"
         self._ssl = tls_context(self.base_url, verify_tls, ca_file)
         self.timeout = timeout
-        self._redact = Redactor(
-            s.get_secret_value() if isinstance(s, SecretStr) else s for s in secrets if s
-        )
+        # The process's one redactor (``Services.redact``), told this device's secrets, so
+        # they are masked in logs, history and chat too, not only in this driver's messages.
+        self._redact = redact or process_redactor()
+        for value in secrets:
+            plain = value.get_secret_value() if isinstance(value, SecretStr) else value
+            if plain:
+                self._redact.add(plain)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, url={str(self.base_url)!r})"
@@ -335,7 +340,9 @@ class HttpDevice:
         kwargs: dict[str, Any] = {"device": self.name, "status": reply.status}
         status = reply.status
         if status in TRANSIENT_STATUS:
-            return DeviceUnavailable(message, retry_after=_retry_after(reply), **kwargs)
+            return DeviceUnavailable(
+                message, retry_after=parse_retry_after(_header(reply, "Retry-After")), **kwargs
+            )
         if status == 401:
             return AuthenticationFailed(message, **kwargs)
         if status == 403:
@@ -347,17 +354,15 @@ class HttpDevice:
         return ProtocolError(message, **kwargs)
 
 
+def _header(reply: Reply, name: str) -> str | None:
+    """A reply header, whatever its case (``Reply.headers`` is a plain dict)."""
+    wanted = name.lower()
+    return next((v for k, v in reply.headers.items() if k.lower() == wanted), None)
+
+
 def quote_segment(value: str) -> str:
     """One path segment, percent-encoded (a ``/`` in a name stays inside the segment)."""
     return quote(value, safe="")
-
-
-def _retry_after(reply: Reply) -> float | None:
-    value = reply.headers.get("Retry-After")
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
 
 
 async def shielded(coro: Any) -> Any:

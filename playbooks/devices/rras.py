@@ -49,7 +49,7 @@ from typing import Any, Protocol
 
 from pydantic import SecretStr
 
-from bot.redact import Redactor
+from bot.redact import Redactor, process_redactor
 from playbooks.devices.common import (
     AccessDenied,
     AuthenticationFailed,
@@ -299,6 +299,7 @@ class PypsrpTransport:
         read_timeout: int = 60,
         name: str | None = None,
         factories: tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]] | None = None,
+        redact: Redactor | None = None,
     ) -> None:
         if not ssl and not _loopback(host):
             raise ValueError("WinRM without TLS is refused (use HTTPS, port 5986)")
@@ -322,7 +323,10 @@ class PypsrpTransport:
         self.read_timeout = read_timeout
         self.name = name or f"rras {host}"
         self._factories = factories
-        self._redact = Redactor([self._password.get_secret_value()] if self._password else [])
+        # The process's one redactor (``Services.redact``), told the WinRM password.
+        self._redact = redact or process_redactor()
+        if self._password is not None:
+            self._redact.add(self._password.get_secret_value(), username=username)
         if not verify_tls:
             log.warning("TLS certificate verification is off for WinRM to %s", host)
 

@@ -45,6 +45,7 @@ class Receiver:
         self._release = asyncio.Event()
         app = web.Application()
         app.router.add_post("/{tail:.*}", self._handle)
+        app.router.add_patch("/{tail:.*}", self._handle)  # Discord edits @original
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         self.port = 0
 

@@ -9,12 +9,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from slack_sdk.errors import SlackObjectFormationError
+from slack_sdk.models.blocks import Block, HeaderBlock, PlainTextObject
 
 from bot.chat import ChannelKind, Notification, Severity, format_payload
 from bot.chat.formatters.discord import embed_length
+from bot.chat.formatters.slack import build_slack_blocks
 from tests.chat.chat_validators import VALIDATORS, validate_discord, validate_slack, validate_teams
 
 ELLIPSIS = "…"
+# Kinds whose payload is a platform's JSON body (apprise's is apprise's own arguments).
+NATIVE = [k for k in ChannelKind if k is not ChannelKind.APPRISE]
 WHEN = datetime(2026, 3, 1, 12, 30, 5, tzinfo=UTC)
 
 
@@ -44,8 +49,7 @@ def huge() -> Notification:
     )
 
 
-@pytest.mark.parametrize("kind", list(ChannelKind))
-@pytest.mark.parametrize(
+SAMPLES = pytest.mark.parametrize(
     "notification",
     [
         make(),
@@ -55,6 +59,10 @@ def huge() -> Notification:
     ],
     ids=["typical", "minimal", "huge", "hostile-markup"],
 )
+
+
+@pytest.mark.parametrize("kind", NATIVE)
+@SAMPLES
 def test_payload_validates_against_documented_format(
     kind: ChannelKind, notification: Notification
 ) -> None:
@@ -160,6 +168,33 @@ def test_slack_escapes_control_characters_without_splitting_entities() -> None:
     text = long_amp["blocks"][1]["text"]["text"]
     assert len(text) <= 3000 and text.endswith(ELLIPSIS)
     assert re.fullmatch(r"(&amp;)+" + ELLIPSIS, text)
+
+
+@SAMPLES
+def test_slack_payload_round_trips_through_slack_sdk_models(notification: Notification) -> None:
+    payload = format_payload(ChannelKind.SLACK, notification)
+    models = Block.parse_all(payload["blocks"])
+    assert [type(m).__name__ for m in models] == [
+        {
+            "header": "HeaderBlock",
+            "section": "SectionBlock",
+            "context": "ContextBlock",
+            "actions": "ActionsBlock",
+        }[b["type"]]
+        for b in payload["blocks"]
+    ]
+    # to_dict() runs slack_sdk's validation (lengths, counts) and must give back the payload.
+    assert [m.to_dict() for m in models] == payload["blocks"]
+    assert [b.to_dict() for b in build_slack_blocks(notification)] == payload["blocks"]
+
+
+def test_slack_sdk_validation_is_active_on_the_models() -> None:
+    # The guard the formatter relies on: an over-long header cannot be serialised.
+    with pytest.raises(SlackObjectFormationError):
+        HeaderBlock(text=PlainTextObject(text="x" * 151)).to_dict()
+    header = build_slack_blocks(huge())[0]
+    assert isinstance(header, HeaderBlock)
+    assert header.to_dict()["text"]["text"].endswith(ELLIPSIS)
 
 
 def test_slack_omits_button_for_url_over_limit() -> None:
@@ -273,3 +308,40 @@ def test_webhook_payload_is_stable_and_complete() -> None:
 def test_webhook_does_not_truncate() -> None:
     payload = format_payload(ChannelKind.WEBHOOK, make(summary="S" * 20_000))
     assert payload["summary"] == "S" * 20_000
+
+
+# --- apprise -----------------------------------------------------------------------
+
+
+def test_apprise_payload_is_title_plain_body_and_type() -> None:
+    payload = format_payload(ChannelKind.APPRISE, make())
+    assert payload == {
+        "title": "[ERROR] hq: Public IP changed at site hq",
+        "body": (
+            "The on-prem gateway moved to a new public IP; LNG updated.\n\n"
+            "Old IP: 198.51.100.7\nNew IP: 203.0.113.9\nDowntime: 42 s\n\n"
+            "Next step: Confirm the tunnel is Connected in the portal.\n"
+            "Run: https://ci.example.com/runs/42\n"
+            "Site hq · ERROR · 2026-03-01T12:30:05Z · event evt-123"
+        ),
+        "notify_type": "failure",
+        "body_format": "text",
+    }
+    minimal = format_payload(
+        ChannelKind.APPRISE,
+        make(severity=Severity.WARNING, summary="", facts={}, run_url=None, next_step=None),
+    )
+    assert minimal["body"] == "Site hq · WARNING · 2026-03-01T12:30:05Z · event evt-123"
+    assert minimal["notify_type"] == "warning"
+
+
+def test_apprise_payload_keeps_user_text_literal_and_bounded() -> None:
+    hostile = format_payload(ChannelKind.APPRISE, make(summary="<b>x</b> & *y* <!here>"))
+    assert hostile["body"].startswith("<b>x</b> & *y* <!here>\n\n")  # plain text, not markup
+    payload = format_payload(ChannelKind.APPRISE, huge())
+    assert len(payload["title"]) == 250 and payload["title"].endswith(ELLIPSIS)
+    lines = payload["body"].split("\n")
+    fact_lines = [line for line in lines if line.startswith("name-")]
+    assert len(fact_lines) == 49 and all(len(line) <= 500 for line in fact_lines)
+    assert "… +71 more facts" in lines
+    assert len(payload["body"]) < 32_000

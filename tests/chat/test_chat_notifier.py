@@ -283,3 +283,26 @@ async def test_logs_and_results_never_contain_urls_or_secrets(
 
 async def test_send_with_no_channels_is_a_no_op(http: aiohttp.ClientSession) -> None:
     assert await Notifier(http, []).send(event()) == []
+
+
+async def test_apprise_channel_delivers_beside_native_ones(
+    receiver: Receiver, http: aiohttp.ClientSession
+) -> None:
+    token = "appriseTOKEN0123456789"
+    pager = ChannelConfig.model_validate(
+        {"kind": "apprise", "url": f"json://{HOST}:{receiver.port}/pager/{token}", "name": "pager"}
+    )
+    notifier = Notifier(http, [channel(receiver, "slack", "/slack"), pager], retry=FAST)
+    dirty = event(summary=f"leaked {token}")
+    assert notifier.render(pager, dirty)["notify_type"] == "failure"
+    results = await notifier.send(dirty)
+    assert [(r.channel, r.kind.value, r.delivered) for r in results] == [
+        ("slack", "slack", True),
+        ("pager", "apprise", True),
+    ]
+    (req,) = receiver.at(f"/pager/{token}")
+    sent = req.json()
+    assert sent["title"] == "[ERROR] hq: Tunnel to hq reset"
+    # The channel's own token is scrubbed from what apprise sends, as for every channel.
+    assert token not in sent["message"] and REDACTED in sent["message"]
+    assert VALIDATORS["slack"](receiver.at("/slack")[0].json()) == []

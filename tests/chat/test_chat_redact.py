@@ -10,10 +10,10 @@ from urllib.parse import quote
 import aiohttp
 
 from bot.chat import REDACTED, ChannelConfig, Notification, Notifier, url_secrets
-from bot.chat.delivery import parse_retry_after
 from bot.chat.notifier import scrub_notification
 from bot.chat.signing import sign, verify
 from bot.redact import MASK, Redactor
+from bot.retry import parse_retry_after
 
 PSK = "psk-Very-Secret/Value+42"
 

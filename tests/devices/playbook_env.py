@@ -149,11 +149,12 @@ class Env:
         """Arm a fault (``kind``, ``method``, ``path``, ``count``, ...) in one simulator."""
         await self.control(device, "POST", "/_sim/faults", spec)
 
-    async def plan(self, name: str, **params: Any) -> Plan:
+    async def plan(self, name: str, confirmed: bool = False, **params: Any) -> Plan:
         from bot.app import build_worker
 
         runner = build_worker(self.services, "t").runner
-        return await runner.plan("home", PlaybookCall(name=name, params=params))
+        call = PlaybookCall(name=name, params=params, confirmed=confirmed)
+        return await runner.plan("home", call)
 
     async def run(self, name: str, confirmed: bool = False, **params: Any) -> RunRecord:
         record = await execute(

@@ -17,7 +17,7 @@ from bot.events import Event
 from bot.services import Services
 from bot.sim.devices import DevicesSim
 from tests.conftest import start_worker
-from tests.devices.conftest import CUDA_TOKEN, SW_PASSWORD, SW_USER
+from tests.devices.conftest import CUDA_TOKEN, KEMP_KEY, SW_PASSWORD, SW_USER
 from tests.devices.playbook_env import POLICY, leaked, start_sims
 from tests.helpers import eventually
 
@@ -72,10 +72,11 @@ async def crash_and_resume(
     data: dict[str, Any],
     kill_when: Any,
     resume_when: Any,
+    **more_env: str,
 ) -> tuple[Event, Any]:
     """Queue a request, start a worker, SIGKILL it once ``kill_when(journal)`` holds, start
     another once ``resume_when()`` holds; returns the event and its recorded run."""
-    env = {"TW_TEST_FW1_PASSWORD": SW_PASSWORD, "TW_TEST_CGF1_TOKEN": CUDA_TOKEN}
+    env = {"TW_TEST_FW1_PASSWORD": SW_PASSWORD, "TW_TEST_CGF1_TOKEN": CUDA_TOKEN, **more_env}
 
     def start(name: str) -> subprocess.Popen[bytes]:
         return start_worker(procs, config, redis_url, prefix, name, **env)
@@ -134,7 +135,11 @@ async def test_sigkill_in_each_reinitiate_step_ends_enabled_after_one_bounce(
             redis_url,
             prefix,
             config_file(tmp_path, sim),
-            {"playbook": "sonicwall-reinitiate", "params": {"force": True}},
+            {
+                "playbook": "sonicwall-reinitiate",
+                "params": {"force": True},
+                "confirm_destructive": True,
+            },
             kill_when,
             resume_when,
         )
@@ -218,3 +223,121 @@ async def _fault(sim: DevicesSim, kind: str, method: str, path: str, count: int)
     world.faults.add(
         DeviceFaultSpec(kind=FaultKind.TIMEOUT, method=method, path=path, count=count, delay=1.0)
     )
+
+
+KEMP_CONFIG = """
+[[sites.home.devices]]
+kind = "kemp"
+name = "lm1"
+url = "{kemp}"
+api_key_env = "TW_TEST_LM1_KEY"
+timeout = 10
+"""
+
+
+@pytest.mark.parametrize(
+    ("playbook", "params", "field", "wanted"),
+    [
+        ("sonicwall-preempt", {"enabled": True, "interval": 90}, "preempt_secondary_gateway", 90),
+        ("sonicwall-keepalive", {"enabled": True}, "keep_alive", True),
+    ],
+)
+async def test_sigkill_while_a_policy_change_commits_ends_with_the_change_once(
+    playbook: str,
+    params: dict[str, Any],
+    field: str,
+    wanted: Any,
+    services: Services,
+    redis_url: str,
+    prefix: str,
+    tmp_path: Path,
+    procs: list[subprocess.Popen[bytes]],
+) -> None:
+    """The worker dies while the appliance holds its commit; the commit lands without it. The
+    next worker resumes the run, reads the policy again and finds nothing left to change."""
+    sim = await start_sims()
+    device = sim.sonicos
+    try:
+        assert _value(device.committed[POLICY][field]) != wanted
+        await _fault(sim, "sonicos", "POST", "/config/pending", count=1)
+
+        async def kill_when(journal: list[Any]) -> bool:
+            return started(journal, "set-policy") and device.counters["faults_fired"] == 1
+
+        async def resume_when() -> bool:
+            return device.counters["commits"] == 1
+
+        event, record = await crash_and_resume(
+            services,
+            procs,
+            redis_url,
+            prefix,
+            config_file(tmp_path, sim),
+            {"playbook": playbook, "params": params},
+            kill_when,
+            resume_when,
+        )
+        assert record.outcome == "ok", record
+        assert _value(device.committed[POLICY][field]) == wanted
+        assert device.counters["commits"] <= 2, "committed more than once per worker"
+        assert device.session_info() is None, "a session was left behind"
+        raw = b"".join(await services.redis.lrange(services.keys.journal("home", event.id), 0, -1))  # type: ignore[misc]
+        assert leaked(raw.decode()) == []
+    finally:
+        await sim.aclose()
+
+
+async def test_sigkill_while_a_real_server_is_disabled_resumes_without_a_second_write(
+    services: Services,
+    redis_url: str,
+    prefix: str,
+    tmp_path: Path,
+    procs: list[subprocess.Popen[bytes]],
+) -> None:
+    sim = await start_sims()
+    lm = sim.kemp
+    try:
+        lm.faults.add(_held("POST", "/access/disablers"))
+        config = config_file(tmp_path, sim)
+        config.write_text(config.read_text() + KEMP_CONFIG.format(kemp=sim.urls["kemp"]))
+
+        async def kill_when(journal: list[Any]) -> bool:
+            return started(journal, "disable") and lm.counters["faults_fired"] == 1
+
+        async def resume_when() -> bool:
+            return True  # whether the held command landed is the next worker's to find out
+
+        event, record = await crash_and_resume(
+            services,
+            procs,
+            redis_url,
+            prefix,
+            config,
+            {
+                "playbook": "kemp-real-server",
+                "params": {"device": "lm1", "server": "10.0.0.11", "enabled": False},
+            },
+            kill_when,
+            resume_when,
+            TW_TEST_LM1_KEY=KEMP_KEY,
+        )
+        assert record.outcome == "ok", record
+        states = {(vs.port, rs.addr): rs.enable for vs in lm.services for rs in vs.real_servers}
+        assert states[(500, "10.0.0.11")] is False and states[(4500, "10.0.0.11")] is False
+        assert states[(500, "10.0.0.12")] is True and states[(4500, "10.0.0.12")] is True
+        assert lm.counters["cmd:disablers"] <= 2
+        raw = b"".join(await services.redis.lrange(services.keys.journal("home", event.id), 0, -1))  # type: ignore[misc]
+        assert leaked(raw.decode()) == []
+    finally:
+        await sim.aclose()
+
+
+def _held(method: str, path: str) -> Any:
+    from bot.sim.devices.common import DeviceFaultSpec, FaultKind
+
+    return DeviceFaultSpec(kind=FaultKind.TIMEOUT, method=method, path=path, count=1, delay=1.0)
+
+
+def _value(setting: Any) -> Any:
+    """A policy setting as SonicOS shows it: preempt is ``{"interval": N}`` when on."""
+    return setting.get("interval") if isinstance(setting, dict) else setting

@@ -156,7 +156,7 @@ async def test_a_busy_sonicwall_is_transient_and_the_admin_keeps_it(env: Env) ->
         ("sonicwall-keepalive", {}),
         ("sonicwall-reinitiate", {"force": True}),
     ):
-        record = await env.run(name, **params)
+        record = await env.run(name, confirmed=name == "sonicwall-reinitiate", **params)
         assert record.outcome == "failed", record
         (result,) = record.playbooks
         assert result.error_code == "SessionBusy" and result.retry, result
@@ -207,13 +207,20 @@ async def test_reinitiate_needs_force_without_azure_and_bounces_the_policy_once(
     )
     assert env.sim.sonicos.counters["logins"] == 0, "refused before touching the device"
 
-    plan = await env.plan("sonicwall-reinitiate", force=True)
+    # Forcing is destructive (the tunnel may be up): without a confirmation it is refused.
+    unconfirmed = await env.run("sonicwall-reinitiate", force=True)
+    (result,) = unconfirmed.playbooks
+    assert result.error_code == "DestructiveRefused" and not result.retry, result
+    assert result.error is not None and "--confirm-destructive" in result.error
+    assert env.sim.sonicos.counters["logins"] == 0, "refused before touching the device"
+
+    plan = await env.plan("sonicwall-reinitiate", confirmed=True, force=True)
     assert plan.render() == (
         f"{FW} tunnel: unknown (no Azure connection configured) -> "
         "re-initiated (disable, commit, enable, commit)"
     )
     assert sonicos_writes(env) == 0
-    record = await env.run("sonicwall-reinitiate", force=True)
+    record = await env.run("sonicwall-reinitiate", confirmed=True, force=True)
     assert record.outcome == "ok", record
     detail = record.playbooks[0].detail
     assert detail == f"{FW}: re-initiated (disabled and enabled again, committed)"
@@ -230,9 +237,9 @@ async def test_reinitiate_leaves_a_disabled_policy_alone_unless_forced(env: Env)
     env.sim.sonicos.committed[POLICY]["enable"] = False
     env.sim.sonicos.evaluate()
     # Forced past the Azure check, a policy an administrator disabled still needs force.
-    plan = await env.plan("sonicwall-reinitiate", force=True)
+    plan = await env.plan("sonicwall-reinitiate", confirmed=True, force=True)
     assert plan.changes and plan.changes[0].field == "tunnel"
-    record = await env.run("sonicwall-reinitiate", force=True)
+    record = await env.run("sonicwall-reinitiate", confirmed=True, force=True)
     assert record.outcome == "ok" and committed(env)["enable"] is True
     assert env.sim.sonicos.counters["commits"] == 1  # only the enable: it was disabled
 
@@ -284,7 +291,13 @@ async def test_reinitiate_is_converged_while_azure_says_connected(
             writes = sonicos_writes(env)
             assert (await env.run("sonicwall-reinitiate")).outcome == "no_changes"
             assert sonicos_writes(env) == writes
-            forced = await env.plan("sonicwall-reinitiate", force=True)
+            refused = await env.run("sonicwall-reinitiate", force=True)
+            (result,) = refused.playbooks
+            assert result.error_code == "DestructiveRefused", result
+            assert result.error is not None
+            assert "while connection conn-home is Connected is destructive" in result.error
+            assert sonicos_writes(env) == writes
+            forced = await env.plan("sonicwall-reinitiate", confirmed=True, force=True)
             assert forced.render().startswith(f"{FW} tunnel: connection conn-home Connected")
     finally:
         await runner.cleanup()
@@ -368,7 +381,7 @@ async def test_no_secret_in_journal_history_errors_or_logs(
         records = [
             await env.run("sonicwall-preempt", enabled=True, interval=60),
             await env.run("sonicwall-keepalive"),
-            await env.run("sonicwall-reinitiate", force=True),
+            await env.run("sonicwall-reinitiate", confirmed=True, force=True),
             await env.run("barracuda-restart-vpn", confirmed=True, interval=0.1),
             await env.run("kemp-real-server", device="lm1", server="10.0.0.12", enabled=False),
             await env.run("kemp-real-server", device="lm-ike", server="10.0.0.12", enabled=True),

@@ -7,9 +7,12 @@ import socket
 import time
 from typing import cast
 
+from bot.events import Event
 from bot.probes import AnyProbe, ProbeResult, ike, probe
 from bot.probes.icmp import PERMISSION_HINT
+from bot.services import Services
 from bot.sim.sites import HttpResponder, SitesSim
+from bot.sources.probing import ProbePoller
 from tests.helpers import eventually, free_port
 from tests.probes.support import SITE, addr, spec
 
@@ -233,6 +236,43 @@ async def test_icmp_loopback_or_a_clear_permission_result() -> None:
         assert (result.ok, result.reason, result.latency_s) == (False, "permission", None)
         assert result.detail == PERMISSION_HINT
         assert "net.ipv4.ping_group_range" in result.detail and "CAP_NET_RAW" in result.detail
+
+
+SILENT_LOOPBACK = "127.255.255.254"  # loopback only; on Linux the kernel answers all of 127/8
+
+
+async def test_icmp_down_is_a_clear_result(services: Services) -> None:
+    """An ICMP probe that cannot succeed is a failed result with a reason people can act on,
+    recorded like any other (the site's probe state goes down, ``probe.failed`` says why).
+
+    Where unprivileged ping sockets are refused (``net.ipv4.ping_group_range``), that is the
+    reason, at once rather than after the timeout. Where they are allowed, Linux answers an
+    echo to every address of 127.0.0.0/8 itself, so no loopback target stays silent: there
+    the answer is checked, and a silence (another kernel) must be a timeout."""
+    icmp = spec(
+        "icmp", target=SILENT_LOOPBACK, timeout=0.2, interval=1, fail_after=1, recover_after=1
+    )
+    result, took = await timed(icmp)
+    poller = ProbePoller(services, SITE, icmp)
+    event = await poller.record(result)
+    state = await services.state.site_state(SITE)
+    if not _ping_sockets_allowed():
+        assert (result.ok, result.reason, result.latency_s) == (False, "permission", None)
+        assert result.detail == PERMISSION_HINT
+        assert took < icmp.timeout + MARGIN
+        assert event == "failed"
+        assert (state["probe.t-icmp.state"], state["probe.t-icmp.reason"]) == ("down", "permission")
+        assert "net.ipv4.ping_group_range" in state["probe.t-icmp.detail"]
+        entries = await services.redis.xrange(services.keys.stream)
+        (failed,) = [Event.from_wire(fields[b"event"]) for _, fields in entries]
+        assert failed.type == "probe.failed" and failed.data["reason"] == "permission"
+    elif result.ok:
+        assert f"echo reply from {SILENT_LOOPBACK}" in result.detail
+        assert event is None and state["probe.t-icmp.state"] == "up"
+    else:
+        assert result.reason == "timeout", result
+        assert result.detail == f"no echo reply from {SILENT_LOOPBACK} in 0.2s"
+        assert event == "failed" and state["probe.t-icmp.state"] == "down"
 
 
 # ------------------------------------------------------------------------ through tunnel

@@ -42,7 +42,8 @@ from bot.sources.models import (
 from bot.sources.pollers import EchoPoller, FritzPoller, Poller, build_pollers, run_pollers
 from bot.sources.report import IpReporter
 from bot.state import LeaderLease
-from tests.helpers import free_port
+from tests.conftest import start_private_redis
+from tests.helpers import eventually, free_port
 from tests.sources.tr064_responder import Tr064Responder
 
 A = "203.0.113.10"
@@ -573,3 +574,59 @@ async def test_run_pollers_with_real_echo_poller(
         ("ip.changed", "home", A)
     ]
     assert farm.hits["one"] >= 3
+
+
+async def test_sources_ride_out_a_redis_restart(
+    farm: EchoFarm,
+    session: aiohttp.ClientSession,
+    services: Services,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A private redis-server goes away under running pollers and comes back empty: the
+    loop stays up, retries with the backoff (one line per failure, no traceback), takes the
+    lease again and reports the next change into the new Redis."""
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    proc, url = start_private_redis(directory)
+    client = Redis.from_url(url, socket_connect_timeout=0.5)
+    private = Services.build(services.settings, client)
+    farm.answers = {"one": A, "two": A}
+    pollers = build_pollers(
+        [farm.config(sites=["home"], interval=0.05)],
+        session=session,
+        reporter=IpReporter(private, allow_documentation=True),
+    )
+    lease = _lease(private, 1.0)
+    stop = asyncio.Event()
+    try:
+        with caplog.at_level(logging.WARNING, logger="bot.sources.pollers"):
+            runner = asyncio.create_task(run_pollers(pollers, lease, stop, tick=0.1, retry_cap=0.5))
+
+            async def reported(ip: str) -> bool:
+                try:
+                    return ip in [e.data["ip"] for e in await events(private)]
+                except RedisConnectionError:
+                    return False
+
+            await eventually(lambda: reported(A), within=10)
+            proc.terminate()
+            proc.wait(10)
+
+            async def renewal_failed() -> bool:
+                return any("renewal failed" in r.getMessage() for r in caplog.records)
+
+            await eventually(renewal_failed, within=10)
+            farm.answers = {"one": B, "two": B}
+            proc, _ = start_private_redis(directory)  # empty: no persistence
+            await eventually(lambda: reported(B), within=15)
+            assert not runner.done(), "the loop stays up"
+            assert await client.get(lease.key) == lease.holder.encode(), "the lease is back"
+        ours = [r for r in caplog.records if r.name == "bot.sources.pollers"]
+        assert ours and all(r.exc_info is None for r in ours), "weather logs no traceback"
+    finally:
+        stop.set()
+        await asyncio.wait_for(runner, 5)
+        await client.aclose()
+        proc.terminate()
+        proc.wait(10)

@@ -360,7 +360,7 @@ async def test_callback_failure_answers_911(env: Env) -> None:
     assert body == "911"
 
 
-async def test_ignored_parameters_and_post(env: Env) -> None:
+async def test_ignored_parameters_and_a_post_is_refused(env: Env) -> None:
     _, body, _ = await env.get(
         hostname="berlin.vpn.example.test",
         myip="203.0.113.5",
@@ -373,13 +373,14 @@ async def test_ignored_parameters_and_post(env: Env) -> None:
     assert body == "good 203.0.113.5"
     async with env.client.post(
         env.server.make_url("/nic/update"),
-        params={"hostname": "berlin.vpn.example.test", "myip": "203.0.113.5"},
+        params={"hostname": "berlin.vpn.example.test", "myip": "203.0.113.6"},
         headers={
             "User-Agent": UA,
             "Authorization": aiohttp.encode_basic_auth("berlin", "s3cret-berlin"),
         },
     ) as resp:
-        assert await resp.text() == "nochg 203.0.113.5"
+        assert resp.status == 405, "a POST never updates"
+    assert env.store.calls == [("berlin", "203.0.113.5", "v4")]
 
 
 async def test_password_check_uses_constant_time_compare(
@@ -459,7 +460,7 @@ def test_token_bucket() -> None:
     assert lim.allow("b") and lim.allow("b") and not lim.allow("b")  # fresh bucket
 
 
-# --- methods: only GET and POST update; HEAD answers without side effects -----------------
+# --- methods: only GET updates; HEAD answers without side effects ---------------------------
 
 
 async def test_head_answers_like_get_but_changes_nothing(any_env: Env) -> None:
@@ -495,12 +496,13 @@ async def test_head_is_not_a_free_password_oracle(env: Env) -> None:
     assert env.store.rejects == []
 
 
-async def test_post_updates_other_methods_are_refused(env: Env) -> None:
+async def test_only_get_updates_post_and_other_methods_are_refused(env: Env) -> None:
     nic: dict[str, Any] = {"hostname": "berlin.vpn.example.test", "myip": "203.0.113.5"}
-    assert (await env.get(method="POST", **nic))[:2] == (200, "good 203.0.113.5")
-    for method in ("PUT", "DELETE", "PATCH"):
+    for method in ("POST", "PUT", "DELETE", "PATCH"):
         status, _, resp = await env.get(method=method, **nic)
-        assert status == 405 and set(resp.headers["Allow"].split(",")) == {"GET", "HEAD", "POST"}
+        assert status == 405 and set(resp.headers["Allow"].split(",")) == {"GET", "HEAD"}
+    assert env.store.calls == [], "no method but GET updates"
+    assert (await env.get(**nic))[:2] == (200, "good 203.0.113.5")
     assert env.store.calls == [("berlin", "203.0.113.5", "v4")]
 
 

@@ -11,8 +11,12 @@ only to 127.0.0.1 or ::1.
 - :mod:`bot.sim.devices.kemp` - LoadMaster ``/access/*`` and ``/accessv2`` real servers
 - :mod:`bot.sim.devices.common` - loopback serving, fault injection, counters
 
+- :mod:`bot.sim.devices.link` - the SonicOS appliance wired into the ARM world (the gateway
+  it uses is the Azure tunnel that is Connected)
+
 ``start_devices_sim`` starts all three (each on its own port) and returns a handle with
-their URLs and worlds; ``main`` runs them until cancelled.
+their URLs and worlds; ``main`` runs them until cancelled (with ``arm_url``, the SonicOS
+appliance drives that ARM simulator's tunnels).
 """
 
 from __future__ import annotations
@@ -105,14 +109,30 @@ async def main(
     sonicos_port: int = 0,
     barracuda_port: int = 0,
     kemp_port: int = 0,
+    arm_url: str | None = None,
 ) -> None:
-    """Run all device simulators until cancelled (entry point for ``tunnelwarden sim devices``)."""
+    """Run all device simulators until cancelled (entry point for ``tunnelwarden sim devices``);
+    with ``arm_url`` the SonicOS appliance's gateway choice drives that ARM simulator's
+    tunnels."""
+    import aiohttp
+
+    from bot.sim.devices.link import HttpWorldPort, SonicOSLink
+
     sim = await start_devices_sim(
         host, sonicos_port=sonicos_port, barracuda_port=barracuda_port, kemp_port=kemp_port
     )
     for kind, url in sim.urls.items():
         print(f"{kind} simulator on {url} (control: {url}/_sim/state)", flush=True)
+    http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+    link: SonicOSLink | None = None
     try:
+        if arm_url:
+            link = SonicOSLink(sim.sonicos, HttpWorldPort(arm_url, http), tick=1.0)
+            link.spawn()
+            print(f"sonicos gateways drive the tunnels of the ARM simulator at {arm_url}")
         await asyncio.Event().wait()
     finally:
+        if link is not None:
+            await link.aclose()
+        await http.close()
         await sim.aclose()

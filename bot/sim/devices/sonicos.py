@@ -37,6 +37,9 @@ secondary moves back to the primary once the primary is reachable and the preemp
 tunnel stays on the secondary until it is re-initiated (disable, commit, enable, commit).
 A tunnel comes up when there is traffic (``POST /_sim/traffic``; there is at start) or
 keep-alive is on; ``POST /_sim/idle`` lets it idle out, which only sticks without keep-alive.
+Dead peer detection on a reachable but half-up gateway (``peer_dead``) fails over too; the
+ARM world tells it which tunnel carries nothing (:mod:`bot.sim.devices.link`, which also
+makes the tunnel the appliance uses the one that is Connected in Azure).
 
 Control API (``/_sim/``, no authentication; loopback only)::
 
@@ -305,6 +308,21 @@ class SonicOSDevice(SimDevice):
                 )
                 if self._usable(name, "primary") and self.clock() - tunnel.since >= delay:
                     self._move(name, "primary", "failback")
+
+    def peer_dead(self, name: str) -> bool:
+        """Dead peer detection gave up on the gateway the tunnel uses (its IKE still answers,
+        nothing passes inside the tunnel: a half-up peer). The policy fails over to its other
+        gateway if that one is reachable, else the tunnel stays where it is (there is nothing
+        better). Returns whether the tunnel moved."""
+        tunnel = self.tunnels[self._known(name)]
+        if tunnel.active is None:
+            return False
+        self.count("dpd_timeouts")
+        other = "secondary" if tunnel.active == "primary" else "primary"
+        if not self._usable(name, other):
+            return False
+        self._move(name, other, "failover" if other == "secondary" else "failback")
+        return True
 
     def traffic(self, name: str) -> None:
         self.tunnels[self._known(name)].demand = True
