@@ -1,6 +1,6 @@
 """Run the benchmarks: tunnelwarden beside its peers, same machine, same run, same Redis.
 
-    python bench/run.py --quick          # smoke run (< 3 min), one table
+    python bench/run.py --quick          # smoke run (< 4 min, fewer sites), one table
     python bench/run.py --quick --json   # the headline figures as one JSON document
     python bench/run.py                  # full run; writes docs/benchmarks.md
     python bench/run.py --at HEAD        # measure the code of a commit (an export of it),
@@ -31,7 +31,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import footprint, hostile, latency, peers, redaction, report, throughput
+from bench import footprint, hostile, latency, peers, redaction, report, scale, throughput
 from bench.common import ROOT, PrivateRedis, machine, median, private_redis, versions
 
 
@@ -47,10 +47,13 @@ class Plan:
     footprint_events: int
     ready_runs: int
     help_runs: int
+    storm_sites: int = 1000  # the renumbering storm and its peer (bench.scale)
+    detect_sites: int = 1000  # connections the ARM watcher sweeps
+    healthy_s: float = 30.0  # steady state measured before the drops
 
 
-QUICK = Plan(2000, 10_000, 1, False, 500, 100, 1, 10_000, 1, 3)
-FULL = Plan(10_000, 100_000, 3, True, 2000, 500, 10, 10_000, 5, 10)
+QUICK = Plan(2000, 10_000, 1, False, 500, 100, 1, 10_000, 1, 3, 150, 50, 5.0)
+FULL = Plan(10_000, 100_000, 3, True, 2000, 500, 10, 10_000, 5, 10, 1000, 1000, 30.0)
 
 
 def say(message: str) -> None:
@@ -150,6 +153,24 @@ def build(plan: Plan, quick: bool) -> tuple[dict[str, Any], list[str]]:
             ),
         )
         step("hostile", lambda: hostile.measure(server, 2.0 if quick else 10.0))
+        if quick:
+            say(
+                f"note: --quick runs the storm with {plan.storm_sites} sites (not 1,000) and "
+                f"detection with {plan.detect_sites} connections (not 1,000)"
+            )
+
+        def storm() -> dict[str, Any]:
+            server.flush()
+            return scale.storm(server.url, plan.storm_sites)
+
+        step("storm", storm)
+        step("storm_peer", lambda: scale.storm_peer(plan.storm_sites))
+
+        def detect() -> dict[str, Any]:
+            server.flush()
+            return scale.detection(server.url, plan.detect_sites, healthy_s=plan.healthy_s)
+
+        step("detection", detect)
     step("redaction", lambda: redaction.run(quick))
     return results, errors
 
@@ -161,6 +182,10 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
     fp = results.get("footprint", {})
     hostile_r = results.get("hostile", {})
     red = results.get("redaction", {})
+    storm = results.get("storm", {})
+    peer = results.get("storm_peer", {})
+    detect = results.get("detection", {})
+    rss_1000 = detect.get("idle_rss_mb") if detect.get("connections") == 1000 else None
 
     def rate(name: str) -> float | None:
         row = rows.get(name)
@@ -170,6 +195,7 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
         return round(float(value), digits) if value is not None else None
 
     return {
+        "quick": bool(results.get("quick")),  # --quick: fewer sites in storm and detection
         "throughput": {
             "tunnelwarden": rate("tunnelwarden"),
             "saq": rate("saq"),
@@ -182,6 +208,27 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
             "rss_10k_mb": num(fp.get("rss_10k_mb"), 1),
             "help_s": num(fp.get("help_s")),
             "ready_s": num(fp.get("ready_s")),
+            "rss_idle_1000_mb": num(rss_1000, 1),
+            "rss_idle_scale_mb": num(detect.get("idle_rss_mb"), 1),
+            "cpu_s_per_s_scale": num(detect.get("cpu_s_per_s"), 4),
+        },
+        "storm": {
+            "sites": storm.get("sites"),
+            "floor_s": num(storm.get("floor_s"), 1),
+            "completion_s": num(storm.get("completion_s"), 1),
+            "throttled": storm.get("throttled"),
+            "connected": storm.get("connected"),
+        },
+        "storm_peer": {
+            "completion_s": num(peer.get("completion_s"), 1),
+            "throttled": peer.get("throttled"),
+            "calls": peer.get("calls"),
+        },
+        "detection": {
+            "connections": detect.get("connections"),
+            "watcher_p99_s": num(detect.get("watcher_p99_s"), 1),
+            "probe_p99_s": num(detect.get("probe_p99_s"), 1),
+            "arm_reads_per_s": num(detect.get("arm_reads_per_s"), 2),
         },
         "flood": {
             "healthz_idle_p99_ms": num(hostile_r.get("idle", {}).get("p99_ms"), 2),
@@ -213,7 +260,9 @@ def _export(commit: str) -> tuple[Path, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run, under 3 minutes")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run, under 4 minutes (fewer sites)"
+    )
     parser.add_argument("--json", action="store_true", help="print the headline figures as JSON")
     parser.add_argument("--at", metavar="COMMIT", help="measure an export of this commit")
     parser.add_argument(

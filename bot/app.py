@@ -31,12 +31,28 @@ async def open_services(
 ) -> AsyncIterator[Services]:
     async with open_redis(settings.redis, redis_url) as redis:
         services = Services.build(settings, redis, redact=redact)
+        attach_budget(services)
         use_process_redactor(services.redact)  # for drivers handed no Services
         try:
             yield services
         finally:
             await services.azure.close()
             await services.notifications.close()
+
+
+def attach_budget(services: Services) -> None:
+    """Every ARM call of this process draws on the budget all replicas share (bot.budget)."""
+    from bot.budget import Budget
+
+    settings = services.settings
+    if settings.azure.budget.enabled:
+        services.azure.budget = Budget(
+            services.redis,
+            services.keys.prefix,
+            settings.azure.budget,
+            services.metrics,
+            settings.azure.subscription_id,
+        )
 
 
 def build_worker(services: Services, name: str | None = None) -> Worker:
@@ -150,6 +166,9 @@ async def run_process(
                 from bot.commands import expire_pauses_loop
 
                 tasks.append(asyncio.create_task(expire_pauses_loop(services, stop), name="pauses"))
+                from bot.escalate import expire_loop
+
+                tasks.append(asyncio.create_task(expire_loop(services, stop), name="approvals"))
             slack = settings.chat.slack
             if http and slack.enabled and slack.mode == "socket":
                 from bot.chat.slack import SlackChat

@@ -15,6 +15,8 @@ reconcile that still fails goes back to the scheduler.
 
 Every mutating request (anything but GET/HEAD) first checks that the run still holds its
 site's lock (``FencePolicy``): a worker that was paused past its lock's TTL makes no write.
+Every request, then, takes a token from the ARM budget all replicas share (``BudgetPolicy``,
+``bot.budget``), or waits its turn, or defers the reconcile to the scheduler.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
     from azure.mgmt.network.aio import NetworkManagementClient
     from azure.mgmt.trafficmanager.aio import TrafficManagerManagementClient
 
+    from bot.budget import Budget
+
 
 class FencePolicy(AsyncHTTPPolicy):  # type: ignore[type-arg]
     """Before a mutating request: is the site still ours? (``LockLost`` otherwise.)"""
@@ -42,6 +46,33 @@ class FencePolicy(AsyncHTTPPolicy):  # type: ignore[type-arg]
         if request.http_request.method.upper() not in ("GET", "HEAD"):
             await fence_check()
         return await self.next.send(request)
+
+
+class BudgetPolicy(AsyncHTTPPolicy):  # type: ignore[type-arg]
+    """Before every ARM request (each retry too): a token from the shared budget
+    (``bot.budget``); after it, ARM's ``x-ms-ratelimit-remaining-*`` headers correct the
+    bucket and a 429 is counted. Without a budget attached it passes requests through."""
+
+    def __init__(self, clients: AzureClients) -> None:
+        super().__init__()
+        self._clients = clients
+
+    async def send(self, request: PipelineRequest[Any]) -> PipelineResponse[Any, Any]:
+        budget = self._clients.budget
+        if budget is None:
+            return await self.next.send(request)
+        from bot.budget import op_class, subscription_of
+
+        http = request.http_request
+        sub = subscription_of(http.url, self._clients.cfg.subscription_id)
+        op = op_class(http.method)
+        await budget.acquire(sub, op)
+        response = await self.next.send(request)
+        if response.http_response.status_code == 429:
+            await budget.throttled(sub, op)
+        else:
+            await budget.follow(sub, response.http_response.headers)
+        return response
 
 
 class AzureClients:
@@ -53,6 +84,7 @@ class AzureClients:
         self._tm: TrafficManagerManagementClient | None = None
         self._credential: AsyncTokenCredential | None = None
         self._guard = asyncio.Lock()
+        self.budget: Budget | None = None  # the shared ARM budget, attached by the process
 
     async def network(self) -> NetworkManagementClient:
         async with self._guard:
@@ -82,7 +114,7 @@ class AzureClients:
             "retry_total": cfg.retry_total,
             "retry_backoff_factor": cfg.retry_backoff_factor,
             "retry_backoff_max": cfg.retry_backoff_max,
-            "per_retry_policies": [FencePolicy()],
+            "per_retry_policies": [FencePolicy(), BudgetPolicy(self)],
             "connection_timeout": cfg.request_timeout,
             "read_timeout": cfg.request_timeout,
         }

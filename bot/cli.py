@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shlex
 import sys
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,10 +37,12 @@ app = typer.Typer(
     help="Keeps site-to-site VPNs into Azure healthy, without a human in the loop.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
 )
 playbook_app = typer.Typer(help="List and run playbooks by hand.", no_args_is_help=True)
-config_app = typer.Typer(help="Check the configuration.", no_args_is_help=True)
+config_app = typer.Typer(
+    help="Check the configuration; make a new journal key (new-key).", no_args_is_help=True
+)
 app.add_typer(playbook_app, name="playbook")
 sim_app = typer.Typer(help="Local simulators (loopback only).", no_args_is_help=True)
 app.add_typer(config_app, name="config")
@@ -61,6 +65,34 @@ class Globals:
     redis_url: str | None
 
 
+# Exit codes (README "Exit codes" lists them; tests/test_cli_errors.py checks them).
+EXIT_OK = 0
+EXIT_FAILED = 1  # the command ran and the thing failed (a run, a probe, config check)
+EXIT_USAGE = 2  # bad input: options, parameters, config, unknown names; nothing was done
+EXIT_TIMEOUT = 3  # no result in time (playbook run --timeout)
+EXIT_REDIS = 4  # Redis unreachable or unusable
+EXIT_AZURE = 5  # Azure (or the simulator) unreachable or refused the request
+EXIT_LISTEN = 6  # cannot listen: the port is taken or not allowed
+EXIT_INTERNAL = 70  # a bug: run again with --debug for the traceback
+EXIT_INTERRUPTED = 130
+
+_DEBUG = {"on": False}
+
+
+_typer_display_type = typer.core.TyperOption.display_type_rich
+
+
+def _flag_metavar(self: Any, ctx: Any) -> str | None:
+    """Help shows no type for flags (``--json``, not ``--json <bool>``)."""
+    if getattr(self, "is_flag", False):
+        return None
+    shown: str | None = _typer_display_type(self, ctx)
+    return shown
+
+
+setattr(typer.core.TyperOption, "display_type_rich", _flag_metavar)  # noqa: B010
+
+
 ConfigOpt = Annotated[
     Path | None,
     typer.Option("--config", "-c", envvar="TUNNELWARDEN_CONFIG", help="TOML config file."),
@@ -76,21 +108,52 @@ RedisOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output (stable).")]
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        sys.stdout.write(f"tunnelwarden {version('tunnelwarden')}\n")
+        raise typer.Exit(0)
+
+
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://")
+
+
 @app.callback()
-def main_callback(ctx: typer.Context, config: ConfigOpt = None, redis_url: RedisOpt = None) -> None:
+def main_callback(
+    ctx: typer.Context,
+    config: ConfigOpt = None,
+    redis_url: RedisOpt = None,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="On an error, show the Python traceback too.")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = False,
+) -> None:
+    _DEBUG["on"] = _DEBUG["on"] or debug
+    if redis_url and not redis_url.startswith(_REDIS_SCHEMES):
+        raise typer.BadParameter(
+            f"{redis_url!r}: unsupported scheme; use one of {', '.join(_REDIS_SCHEMES)}",
+            param_hint="--redis-url",
+        )
     ctx.obj = Globals(config, redis_url)
 
 
-def _settings(ctx: typer.Context) -> Settings:
+def _settings(ctx: typer.Context, *, lenient: bool = False) -> Settings:
+    """The config; ``lenient`` for read-only commands (a secret whose ``_env`` variable is unset
+    is no error: they do not use it)."""
     from bot.config import ConfigError, load_config
 
     g: Globals = ctx.obj
     try:
-        return load_config(g.config)
+        return load_config(g.config, lenient=lenient)
     except ConfigError as exc:
-        for line in exc.problems:
-            err.print(f"[red]config:[/red] {line}", highlight=False, markup=True)
-        raise typer.Exit(2) from None
+        first, more = exc.problems[0], len(exc.problems) - 1
+        extra = f" (and {more} more; see: tunnelwarden config check)" if more else ""
+        err.print(f"[red]config:[/red] {escape(first)}{extra}", highlight=False)
+        raise typer.Exit(EXIT_USAGE) from None
 
 
 def _setup_logs(settings: Settings) -> Redactor:
@@ -103,12 +166,15 @@ def _setup_logs(settings: Settings) -> Redactor:
     return redact
 
 
-def _with_services(ctx: typer.Context, work: Callable[[Services], Awaitable[T]]) -> T:
-    """Open Redis (embedded if none is configured), run ``work``, close."""
+def _with_services(
+    ctx: typer.Context, work: Callable[[Services], Awaitable[T]], *, lenient: bool = False
+) -> T:
+    """Open Redis (embedded if none is configured), run ``work``, close (``lenient``: a
+    read-only command, see ``_settings``)."""
     from bot.app import open_services
     from bot.embedded import EmbeddedRedisError
 
-    settings = _settings(ctx)
+    settings = _settings(ctx, lenient=lenient)
     g: Globals = ctx.obj
 
     async def go() -> T:
@@ -118,16 +184,23 @@ def _with_services(ctx: typer.Context, work: Callable[[Services], Awaitable[T]])
     try:
         return asyncio.run(go())
     except EmbeddedRedisError as exc:
-        err.print(f"[red]redis:[/red] {exc}")
-        raise typer.Exit(2) from None
+        _fail(f"redis: {exc}", EXIT_REDIS)
     except OSError as exc:
-        err.print(f"[red]redis:[/red] cannot connect: {exc}")
-        raise typer.Exit(2) from None
+        if type(exc).__module__.startswith("redis") or isinstance(exc, ConnectionError):
+            _fail(f"redis: cannot connect: {_one_line(exc)}", EXIT_REDIS)
+        raise
     except Exception as exc:
         if type(exc).__module__.startswith("redis"):
-            err.print(f"[red]redis:[/red] {type(exc).__name__}: {exc}")
-            raise typer.Exit(2) from None
+            _fail(f"redis: {type(exc).__name__}: {_one_line(exc)}", EXIT_REDIS)
         raise
+
+
+def _one_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's text (its type name if it has none)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
 
 
 def _print_json(value: Any) -> None:
@@ -204,7 +277,13 @@ def emit(
 
     ip.changed records the address as the site's observed address (the same checks as a
     router push) and publishes the hint; playbook.requested is checked like playbook run;
-    other types are published as given."""
+    other types are published as given.
+
+    Event types: ip.changed (data: ip, family "v4" or "v6"), site.reconcile, tunnel.down,
+    tunnel.up, tunnel.degraded, probe.failed, probe.recovered, failover.check, path.failed,
+    failback.needed, ip.rejected, playbook.requested (data: playbook, params), test.noop,
+    test.sleep, test.fail (fails on every delivery, then reaches the dead letters: see
+    dead-letters). An unknown type is refused; nothing is queued."""
     import handlers
     import playbooks
     from bot.events import Event, parse_data
@@ -213,6 +292,9 @@ def emit(
     settings = _settings(ctx)
     try:
         payload = parse_data(data)
+    except ValueError as exc:
+        _fail(f"--data: {exc}")
+    try:
         checked = event_data(
             settings,
             handlers.builtin(),
@@ -246,6 +328,12 @@ def emit(
                 "message": seen.message,
                 "reconcile": seen.reconcile,
             }
+        if type == REQUESTED:
+            from bot.sources.report import keep_manual_address
+
+            params = payload.get("params")
+            given = params if isinstance(params, dict) else {}
+            await keep_manual_address(services, site, str(payload.get("playbook")), given, "cli")
         entry_id = await services.queue.publish(event)
         return {"result": "queued", "entry_id": entry_id, "event": json.loads(event.to_wire())}
 
@@ -267,13 +355,42 @@ def emit(
             f"queued {event.type} for {event.site}: event {event.id} (entry {doc['entry_id']})",
             highlight=False,
         )
+        if event.type == "test.fail":
+            out.print(_dead_letter_eta(settings), highlight=False)
     if doc["result"] == "rejected":
         raise typer.Exit(2)
 
 
-def _fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"[red]error:[/red] {escape(message)}", highlight=False)
+def _dead_letter_eta(settings: Settings) -> str:
+    """When a poison event reaches the dead letters: it is taken back from the worker that
+    failed it after ``visibility_timeout`` (looked for every ``reclaim_interval``) until it has
+    been delivered ``max_deliveries`` times."""
+    w = settings.worker
+    seconds = w.max_deliveries * (w.visibility_timeout + w.reclaim_interval)
+    return (
+        f"it fails on each of {w.max_deliveries} deliveries and reaches the dead letters in "
+        f"about {_span(seconds)} (worker.max_deliveries x (worker.visibility_timeout + "
+        "worker.reclaim_interval)); see: tunnelwarden dead-letters"
+    )
+
+
+def _span(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def _fail(message: str, code: int = EXIT_USAGE, hint: str | None = None) -> NoReturn:
+    """One line on stderr (``error: ...``), an optional ``hint:`` line, exit ``code``."""
+    _print_error(message, hint)
     raise typer.Exit(code)
+
+
+def _flatten(message: str) -> str:
+    """Several lines (a pydantic message, say) as one, without the documentation links."""
+    import re
+
+    text = re.sub(r"\s*For further information visit https://errors\.pydantic\.dev\S*", "", message)
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 # --- playbooks --------------------------------------------------------------------------
@@ -299,6 +416,8 @@ def playbook_list(as_json: JsonOpt = False) -> None:
         )
         return
     table = Table("playbook", "summary", "params", "destructive")
+    table.columns[0].no_wrap = True  # the name you type: never cut
+    table.columns[2].overflow = "fold"
     for p in found.values():
         params = ", ".join(p.params_model.model_fields) or "-"
         table.add_row(p.name, p.summary, params, "yes" if p.destructive else "")
@@ -322,7 +441,15 @@ def playbook_run(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Playbook name (see: playbook list)")],
     site: Annotated[str, typer.Option("--site", help="Site name")],
-    param: Annotated[list[str] | None, typer.Option("--param", help="k=v, repeatable")] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param",
+            metavar="K=V",
+            help="a parameter, repeatable; text unless the playbook's parameter is a number "
+            "or a boolean (see: playbook list)",
+        ),
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show the plan; change nothing")
     ] = False,
@@ -393,9 +520,9 @@ def _dry_run(ctx: typer.Context, site: str, call: Any, as_json: bool) -> None:
         )
         return
     out.print(f"plan for [bold]{call.name}[/bold] on [bold]{site}[/bold] (dry-run):")
-    out.print(result.render(), highlight=False)
+    out.print(escape(result.render()), highlight=False)
     for note in result.notes:
-        out.print(f"  note: {note}", highlight=False)
+        out.print(f"  note: {escape(note)}", highlight=False)
 
 
 async def _request_and_wait(
@@ -404,14 +531,9 @@ async def _request_and_wait(
     import uuid
 
     from bot.events import Event
+    from bot.sources.report import keep_manual_address
 
-    if call.name == "update-local-gateway" and call.params.get("ip"):
-        from bot.sources.report import IpReporter
-
-        reporter = IpReporter(
-            services, allow_documentation=services.settings.allow_documentation_ips
-        )
-        await reporter.observe(site, str(call.params["ip"]), "v4", source="cli", hint=False)
+    await keep_manual_address(services, site, call.name, call.params, "cli")
     event = Event.new(
         "playbook.requested",
         site,
@@ -462,13 +584,14 @@ def _print_record(record: RunRecord) -> None:
         f"in {record.duration_s:.2f}s (run {record.run_id}, attempt {record.attempt})"
     )
     if record.reason:
-        out.print(f"  reason: {record.reason}", highlight=False)
+        out.print(f"  reason: {escape(record.reason)}", highlight=False)
     for result in record.playbooks:
-        out.print(f"  {result.playbook}: {result.outcome} {result.detail}", highlight=False)
+        out.print(f"  {result.playbook}: {result.outcome} {escape(result.detail)}", highlight=False)
         for change in result.changes:
-            out.print(f"    {change}", highlight=False)
+            out.print(f"    {escape(str(change))}", highlight=False)
         if result.error:
-            out.print(f"    [red]{result.error_code}:[/red] {result.error}", highlight=False)
+            first = next((ln for ln in result.error.splitlines() if ln.strip()), result.error)
+            out.print(f"    [red]{result.error_code}:[/red] {escape(first)}", highlight=False)
 
 
 # --- inspection -------------------------------------------------------------------------
@@ -506,9 +629,15 @@ def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         from bot.http import redis_persistence
 
         redis = {"persistence": await redis_persistence(services)}
-        return {"queue": stats, "workers": workers, "sites": sites, "redis": redis}
+        budget = services.azure.budget
+        arm = await budget.snapshot() if budget is not None else None
+        return {"queue": stats, "workers": workers, "sites": sites, "redis": redis, "budget": arm}
 
-    doc = _with_services(ctx, gather)
+    doc = _with_services(ctx, gather, lenient=True)
+    settings = _settings(ctx, lenient=True)
+    embedded = not (ctx.obj.redis_url or settings.redis.url)
+    doc["state_dir"] = str(settings.redis.state_dir.resolve())
+    doc["redis"]["embedded"] = embedded
     if as_json:
         _print_json(doc)
         return
@@ -526,6 +655,16 @@ def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         )
     else:
         out.print(f"redis persistence: {persistence}", highlight=False)
+    where = "the embedded Redis's data" if embedded else "not used: Redis is external"
+    out.print(f"state directory: {doc['state_dir']} ({where})", highlight=False)
+    if doc.get("budget"):
+        b = doc["budget"]
+        left = ", ".join(f"{op} {b['tokens'][op]:g}/{b['size'][op]:g}" for op in b["tokens"])
+        out.print(
+            f"ARM budget: {left}; deferred {sum(b['deferred'].values())}, "
+            f"429s received {sum(b['throttled'].values())}",
+            highlight=False,
+        )
     table = Table(
         "site",
         "reconcile",
@@ -537,6 +676,7 @@ def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         "outcome",
         "next check",
     )
+    table.columns[0].no_wrap = True  # site names are typed: never cut
     for s in doc["sites"]:
         last = s["last_run"]
         st = s["state"]
@@ -590,20 +730,24 @@ def history(
     as_json: JsonOpt = False,
 ) -> None:
     """Recorded runs, newest first."""
-    records = _with_services(ctx, lambda s: s.state.history(site, limit))
+    records = _with_services(ctx, lambda s: s.state.history(site, limit), lenient=True)
     if as_json:
         _print_json([r.model_dump(mode="json") for r in records])
         return
-    table = Table("when", "site", "event", "outcome", "playbooks", "took", "run")
+    table = Table("when", "site", "event", "outcome", "playbooks", "took")
+    table.add_column("run", no_wrap=True, min_width=12)  # the whole id when there is room
+    for column in table.columns[1:5]:
+        column.overflow = "fold"  # names are typed again: folded, never cut with "…"
+    wide = out.width >= 150
     for r in records:
         table.add_row(
             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.finished_at)),
             r.site,
             r.event_type,
             r.outcome,
-            ", ".join(f"{p.playbook}:{p.outcome}" for p in r.playbooks) or r.reason,
+            escape(", ".join(f"{p.playbook}:{p.outcome}" for p in r.playbooks) or r.reason),
             f"{r.duration_s:.2f}s",
-            r.run_id[:12],
+            r.run_id if wide else r.run_id[:12],
         )
     out.print(table)
 
@@ -615,14 +759,23 @@ def dead_letters(
     as_json: JsonOpt = False,
 ) -> None:
     """Entries the worker could not handle, with the reason (newest first)."""
-    rows = _with_services(ctx, lambda s: s.queue.dead_letters(limit))
+    rows = _with_services(ctx, lambda s: s.queue.dead_letters(limit), lenient=True)
     if as_json:
-        _print_json([r.as_json() for r in rows])
+        _print_json([{**r.as_json(), "delivered": _delivered(r)} for r in rows])
         return
-    table = Table("dead since", "entry", "deliveries", "reason")
+    table = Table("dead since", "entry", "delivered", "reason")
+    table.columns[1].no_wrap = True
+    table.columns[3].overflow = "fold"
     for r in rows:
-        table.add_row(_ago(r.dead_at), r.entry_id, str(r.deliveries), r.reason)
+        table.add_row(_ago(r.dead_at), r.entry_id, str(_delivered(r)), escape(r.reason))
     out.print(table)
+
+
+def _delivered(row: Any) -> int:
+    """How often the entry was handed to a handler: a give-up is noticed on the delivery after
+    the last one, which is counted in ``deliveries`` but never ran."""
+    given_up = str(row.reason).startswith("gave up after")
+    return int(row.deliveries) - 1 if given_up and row.deliveries > 0 else int(row.deliveries)
 
 
 # --- probes -----------------------------------------------------------------------------
@@ -635,7 +788,7 @@ def probe_list(
     as_json: JsonOpt = False,
 ) -> None:
     """The configured probes, with what the last runs found (from Redis)."""
-    settings = _settings(ctx)
+    settings = _settings(ctx, lenient=True)
     if site is not None and site not in settings.sites:
         _fail(f"unknown site {site!r}")
     names = [site] if site else sorted(settings.sites)
@@ -662,11 +815,13 @@ def probe_list(
                 )
         return rows
 
-    rows = _with_services(ctx, gather)
+    rows = _with_services(ctx, gather, lenient=True)
     if as_json:
         _print_json(rows)
         return
     table = Table("site", "probe", "kind", "through tunnel", "state", "last result", "checked")
+    table.columns[0].no_wrap = table.columns[1].no_wrap = True
+    table.columns[5].overflow = "fold"
     for r in rows:
         table.add_row(
             r["site"],
@@ -778,6 +933,15 @@ def sim_arm(
 
     from bot.sim.arm import main as arm_main
 
+    if world is not None:  # a bad seed file is one line, before anything listens
+        from bot.sim.world import World
+
+        try:
+            World.from_file(world)
+        except OSError as exc:
+            _fail(f"--world {world}: cannot read: {exc.strerror}")
+        except ValueError as exc:
+            _fail(f"--world {world}: {exc}")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(
             arm_main("127.0.0.1", port, world, retry_after=retry_after, tunnel_delay=tunnel_delay)
@@ -885,8 +1049,8 @@ def parse_duration(text: str) -> float:
     return value
 
 
-def _failover_site(ctx: typer.Context, site: str) -> Settings:
-    settings = _settings(ctx)
+def _failover_site(ctx: typer.Context, site: str, *, lenient: bool = False) -> Settings:
+    settings = _settings(ctx, lenient=lenient)
     config = settings.sites.get(site)
     if config is None:
         known = ", ".join(sorted(settings.sites)) or "none configured"
@@ -956,12 +1120,12 @@ def failover_status(
     as_json: JsonOpt = False,
 ) -> None:
     """The pair's damping state: active path, penalty, suppression, probation, hold."""
-    _failover_site(ctx, site)
+    _failover_site(ctx, site, lenient=True)
 
     async def read(services: Services) -> dict[str, str]:
         return await services.state.site_state(site)
 
-    state = _with_services(ctx, read)
+    state = _with_services(ctx, read, lenient=True)
     fields = {
         k: v
         for k, v in sorted(state.items())
@@ -971,8 +1135,10 @@ def failover_status(
         _print_json({"site": site, "state": fields})
         return
     table = Table("field", "value", box=None)
+    table.columns[0].no_wrap = True
+    table.columns[1].overflow = "fold"
     for key, value in fields.items():
-        table.add_row(key, value)
+        table.add_row(key, escape(value))
     out.print(table if fields else f"no failover state recorded for {site} yet")
 
 
@@ -996,9 +1162,28 @@ def _command(ctx: typer.Context, line: list[str], as_json: bool) -> None:
     reply = _with_services(ctx, go)
     if as_json:
         _print_json({"ok": reply.ok, "text": reply.text, "lines": reply.lines})
-    else:
-        (out if reply.ok else err).print(escape(reply.plain()), highlight=False)
+    elif reply.ok:
+        out.print(escape(reply.plain()), highlight=False)
+    else:  # one line, the rest (a usage line, say) as the hint
+        first, *rest = [line for line in reply.plain().splitlines() if line.strip()] or ["failed"]
+        _print_error(first, "; ".join(rest) or None)
     raise typer.Exit(0 if reply.ok else 1)
+
+
+@app.command(
+    "command",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def command_(
+    ctx: typer.Context,
+    words: Annotated[
+        list[str] | None, typer.Argument(metavar="COMMAND [ARGS]...", help="e.g. status home")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Any chat command from the CLI, through the same command layer chat uses
+    (``tunnelwarden command help`` lists them): a command added once works in both."""
+    _command(ctx, list(words or []) or ["help"], as_json)
 
 
 @app.command()
@@ -1044,8 +1229,80 @@ def deny(
     _command(ctx, ["deny", approval_id], as_json)
 
 
-def main() -> None:
-    app()
+def _classify(exc: BaseException) -> tuple[str, int, str | None]:
+    """An unexpected exception as (one line, exit code, hint)."""
+    import errno
+
+    module = type(exc).__module__
+    text = _one_line(exc)
+    if isinstance(exc, OSError) and exc.errno in (errno.EADDRINUSE, errno.EACCES):
+        return (
+            f"cannot listen: {exc.strerror or text}",
+            EXIT_LISTEN,
+            "another process holds the port: stop it, or set http.port / admin.port",
+        )
+    if module.startswith("redis"):
+        return f"redis: {type(exc).__name__}: {text}", EXIT_REDIS, None
+    if module.startswith(("azure", "aiohttp", "bot.azure", "bot.retry")):
+        return f"azure: {text}", EXIT_AZURE, "is the ARM endpoint up, and the subscription right?"
+    return (
+        f"internal error: {type(exc).__name__}: {text}",
+        EXIT_INTERNAL,
+        "run again with --debug for the traceback",
+    )
+
+
+def _quiet_asyncio() -> None:
+    """No 'Task exception was never retrieved' dumps after an error we report in one line."""
+    import logging
+
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console script: every error is one line (``--debug``: with its traceback) and an
+    exit code from the table in README.md."""
+    from typer import Abort, Exit
+    from typer._click import exceptions as click  # typer's own click: its exceptions
+
+    args = sys.argv[1:] if argv is None else argv
+    _DEBUG["on"] = "--debug" in args or bool(os.environ.get("TUNNELWARDEN_DEBUG"))
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args, prog_name="tunnelwarden", standalone_mode=False)
+    except click.NoArgsIsHelpError as exc:  # a group without its command: its help
+        if exc.ctx is not None:
+            sys.stdout.write(exc.ctx.get_help() + "\n")
+        code = EXIT_USAGE
+    except click.UsageError as exc:
+        path = exc.ctx.command_path if exc.ctx else "tunnelwarden"
+        message = exc.format_message()
+        if _DEBUG["on"]:
+            traceback.print_exc()
+        _print_error(message, f"see: {path} --help")
+        code = EXIT_USAGE
+    except Exit as exc:
+        code = exc.exit_code
+    except (Abort, KeyboardInterrupt):
+        _print_error("interrupted", None)
+        code = EXIT_INTERRUPTED
+    except click.ClickException as exc:
+        _print_error(exc.format_message(), None)
+        code = exc.exit_code
+    except Exception as exc:
+        if _DEBUG["on"]:
+            traceback.print_exc()
+        message, code, hint = _classify(exc)
+        _print_error(message, hint)
+    if code:
+        _quiet_asyncio()
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _print_error(message: str, hint: str | None) -> None:
+    err.print(f"[red]error:[/red] {escape(_flatten(message))}", highlight=False)
+    if hint:
+        err.print(f"[dim]hint:[/dim] {escape(hint)}", highlight=False)
 
 
 if __name__ == "__main__":

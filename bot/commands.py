@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from bot.chat.approvals import Approval, Approvals
 from bot.chat.roles import Role, Roles
+from bot.escalate import BOT, Escalations
 from bot.events import Event
 from bot.gate import REQUESTED, Refused, event_data, playbook_call
 from bot.models import PlaybookCall, RunRecord
@@ -551,6 +552,11 @@ async def apply(ctx: Context, args: list[str]) -> Reply:
 
 
 def approval_request(ctx: Context, approval: Approval) -> Reply:
+    return approval_reply(approval)
+
+
+def approval_reply(approval: Approval) -> Reply:
+    """The approval request as posted in the channel, with Approve and Deny."""
     who = approval.requested_by
     return Reply(
         f"approval {approval.id}: {who} asks to run {approval.playbook} (destructive) "
@@ -590,13 +596,9 @@ async def queue_request(
         confirm_destructive=confirmed,
     )
     payload = checked.model_dump(mode="json")
-    if call.name == "update-local-gateway" and payload["params"].get("ip"):
-        from bot.sources.report import IpReporter
+    from bot.sources.report import keep_manual_address
 
-        reporter = IpReporter(
-            services, allow_documentation=services.settings.allow_documentation_ips
-        )
-        await reporter.observe(site, str(payload["params"]["ip"]), "v4", source="chat", hint=False)
+    await keep_manual_address(services, site, call.name, payload["params"], "chat")
     event = Event.new(REQUESTED, site, source="chat", data=payload, idempotency_key=key)
     await services.queue.publish(event)
     return event.id
@@ -615,6 +617,15 @@ async def _decide(ctx: Context, args: list[str], approve: bool) -> Reply:
         return refused(ctx, verb, "approver", current.site)
     decided = await approvals.decide(current.id, ctx.caller.id, approve, now=ctx.now())
     approval = decided.approval or current
+    if current.requested_by == BOT and decided.result in ("ok", "expired"):
+        # Asked by the bot itself (a site with approval = true): tell its channels too.
+        escalations = Escalations(ctx.services)
+        await escalations.decided(approval)
+        if decided.result == "expired":
+            await escalations.closed(approval, "expired", "")
+        elif not approve:
+            slack = ctx.caller.platform != "slack"  # a Slack click replaces the request
+            await escalations.closed(approval, "denied", ctx.caller.id, slack=slack)
     if decided.result == "self":
         log.warning("chat: %s refused: approving their own request %s", ctx.caller.id, current.id)
         return Reply(

@@ -45,6 +45,26 @@ ENV_PREFIX = "TUNNELWARDEN_"
 SITE_NAME = re.compile(SITE_PATTERN)
 
 
+def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Where the embedded Redis keeps its data when ``redis.state_dir`` is not set.
+
+    As a service: ``$STATE_DIRECTORY`` (systemd's ``StateDirectory=``), else
+    ``/var/lib/tunnelwarden`` when running as root with no ``HOME``. Otherwise per user:
+    ``$XDG_STATE_HOME/tunnelwarden``, else ``~/.local/state/tunnelwarden``. Never the current
+    directory, so ``cd /tmp && tunnelwarden history`` reads the same data as anywhere else.
+    """
+    env = os.environ if env is None else env
+    service = env.get("STATE_DIRECTORY", "").split(":")[0]
+    if service:
+        return Path(service)
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and not env.get("HOME"):
+        return Path("/var/lib/tunnelwarden")
+    xdg = env.get("XDG_STATE_HOME", "")
+    if xdg and Path(xdg).is_absolute():
+        return Path(xdg) / "tunnelwarden"
+    return Path(env.get("HOME") or Path.home()) / ".local" / "state" / "tunnelwarden"
+
+
 def _site_name(name: str) -> str:
     if not SITE_NAME.match(name):
         raise ValueError(
@@ -78,7 +98,11 @@ class RedisConfig(Section):
     stream_maxlen: int = Field(100_000, ge=1000)
     history_maxlen: int = Field(1000, ge=10)
     dead_letter_maxlen: int = Field(10_000, ge=100)
-    state_dir: Path = Path(".state")
+    state_dir: Path = Field(
+        default_factory=lambda: default_state_dir(),
+        description="embedded Redis data; default: see default_state_dir (relative: to the "
+        "config file's folder)",
+    )
     tls_ca_file: Path | None = None
     max_connections: int = Field(
         64, ge=4, description="connection pool size; a caller waits for a free connection"
@@ -133,6 +157,11 @@ class Policy(Section):
     )
     max_changes_per_hour: int = Field(6, ge=0)
     allow_destructive: bool = False
+    approval: bool = Field(
+        False,
+        description="a destructive step the handler would take waits for an approver in chat "
+        "(unless allow_destructive)",
+    )
     tunnel_timeout: float = Field(120.0, ge=0, description="wait this long for Connected")
     tunnel_poll: float = Field(5.0, gt=0)
     max_resets_per_hour: int = Field(
@@ -514,6 +543,9 @@ class SlackChatConfig(Section):
     app_token: SecretStr | None = Field(None, description="xapp-...: Socket Mode only")
     signing_secret: SecretStr | None = Field(None, description="HTTP mode: v0 signatures")
     api_url: str | None = Field(None, description="Web API base (default Slack's; or the sim)")
+    channel: str = Field(
+        "", description="where the bot posts the approval requests it asks for itself"
+    )
     command: str = Field("/tunnelwarden", pattern=r"^/[a-z0-9_-]{1,31}$")
 
     @model_validator(mode="after")
@@ -576,6 +608,31 @@ CLOUDS = {
 }
 
 
+class BudgetConfig(Section):
+    """``[azure.budget]``: the ARM request budget all replicas share (token buckets in Redis)."""
+
+    enabled: bool = True
+    reads: tuple[float, float] = Field((250.0, 25.0), description="bucket size, refill per second")
+    writes: tuple[float, float] = Field((200.0, 10.0), description="bucket size, refill per second")
+    deletes: tuple[float, float] = Field(
+        (200.0, 10.0), description="bucket size, refill per second"
+    )
+    headroom: float = Field(0.8, gt=0, le=1, description="share of ARM's limits to use at most")
+    verify_reserve: float = Field(
+        0.05, ge=0, lt=1, description="share of a bucket only restore writes' calls may take"
+    )
+    sweep_reserve: float = Field(
+        0.30, ge=0, lt=1, description="share of a bucket background sweeps never take"
+    )
+    max_wait: float = Field(
+        5.0, ge=0, description="a reconcile's call waits this long for a token, then defers"
+    )
+    sweep_max_wait: float = Field(60.0, ge=0, description="the same for background sweeps")
+    restore_max_wait: float = Field(
+        60.0, ge=0, description="the same for a run's reads after its write went out"
+    )
+
+
 class AzureConfig(Section):
     cloud: Literal["public", "usgovernment", "china", "sim"] = "public"
     endpoint: str | None = Field(None, description="ARM endpoint; for sim or a custom cloud")
@@ -591,6 +648,7 @@ class AzureConfig(Section):
     settle_timeout: float = Field(
         180.0, ge=0, description="after a lost operation: wait this long to leave 'Updating'"
     )
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
 
     @model_validator(mode="after")
     def _endpoint_for_sim(self) -> AzureConfig:
@@ -806,9 +864,16 @@ def config_path(explicit: str | os.PathLike[str] | None) -> Path | None:
 
 
 def load_config(
-    path: str | os.PathLike[str] | None = None, overrides: Mapping[str, Any] | None = None
+    path: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    lenient: bool = False,
 ) -> Settings:
-    """Read, merge and validate; raise ``ConfigError`` listing every problem."""
+    """Read, merge and validate; raise ``ConfigError`` listing every problem.
+
+    ``lenient`` (read-only commands: history, status, ...): a ``<name>_env`` secret whose
+    variable is not set is left out (or, if the secret is required, stands in as a value no
+    one can use), so inspecting needs no push, chat or device secrets."""
     file = config_path(path)
     raw: dict[str, Any] = {}
     problems: list[str] = []
@@ -820,6 +885,12 @@ def load_config(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError([f"{file}: not valid TOML: {exc}"]) from None
         problems.extend(_literal_secrets(Settings, raw, ()))
+        redis_raw = raw.get("redis")
+        state_dir = redis_raw.get("state_dir") if isinstance(redis_raw, dict) else None
+        if isinstance(state_dir, str) and state_dir and not Path(state_dir).is_absolute():
+            redis_raw["state_dir"] = str(file.resolve().parent / state_dir)  # type: ignore[index]
+    if lenient:
+        raw = _without_unset_env(raw)
     merged = _deep_merge(raw, dict(overrides or {}))
     try:
         settings = Settings(**merged)
@@ -830,6 +901,27 @@ def load_config(
     if problems:
         raise ConfigError(problems)
     return settings
+
+
+UNSET_SECRET = "unset-for-read-only-command"
+
+
+def _without_unset_env(raw: Any) -> Any:
+    """``raw`` with each ``x_env`` naming an unset variable replaced by a placeholder ``x``
+    (dropped for ``journal_key``, whose value is checked)."""
+    if isinstance(raw, list):
+        return [_without_unset_env(item) for item in raw]
+    if not isinstance(raw, dict):
+        return raw
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = str(key).removesuffix("_env")
+        if name != key and isinstance(value, str) and value not in os.environ:
+            if name not in raw and name != "journal_key":
+                out[name] = UNSET_SECRET
+            continue
+        out[key] = _without_unset_env(value)
+    return out
 
 
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

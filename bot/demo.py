@@ -2,8 +2,11 @@
 
 It starts a private Redis, the ARM simulator with two demo sites, the bot (worker and HTTP
 server, as ``tunnelwarden run``) and a local chat sink; then the sites' routers get new public
-IPs and push them over dyndns2, the way a FRITZ!Box does. Everything the bot does is shown as
-it happens — read back from Redis, where the bot keeps it — and a summary closes the show.
+IPs and push them over dyndns2, the way a FRITZ!Box does; tunnels drop, probes fail, a
+gateway flaps; and in a last scene, against the Slack simulator, one person asks for a
+destructive playbook in chat and another approves it. Everything the bot does is shown as
+it happens — read back from Redis (or the simulated Slack), where it is kept — and a summary
+closes the show.
 Every address used is a documentation address and every connection stays on 127.0.0.1.
 """
 
@@ -33,6 +36,7 @@ from bot.sim.arm import start_arm_sim
 from bot.sim.devices.link import SonicOSLink, WorldPort
 from bot.sim.devices.sonicos import SonicOSDevice, default_policy, start_sonicos_sim
 from bot.sim.sites import start_sites_sim
+from bot.sim.slack import PostedMessage, SlackSimHandle, start_slack_sim
 from bot.sim.world import World
 
 SUB = "00000000-0000-0000-0000-00000000d3e0"
@@ -57,6 +61,8 @@ SITES = (
 CAMPUS = "campus"
 CAMPUS_IP = "198.51.100.30"
 CAMPUS_FW_PASSWORD = "campus-demo-fw-pw"
+# The chat scene's people (Slack user ids in the simulated workspace).
+ALICE, BOB = "U0DEMOALICE", "U0DEMOBOB01"
 # Damping in seconds instead of minutes, so the scene fits in the demo's minute.
 CAMPUS_DAMPING = {
     "fail_after": 2,
@@ -147,6 +153,7 @@ def demo_settings(
     tunnel_delay: float,
     probe_ports: dict[str, int] | None = None,
     campus: Campus | None = None,
+    slack: SlackSimHandle | None = None,
 ) -> Settings:
     sites: dict[str, Any] = {
         s.name: {
@@ -197,8 +204,28 @@ def demo_settings(
             "security": {"journal_key": Fernet.generate_key().decode()},
             "log": {"level": "WARNING"},
             "sites": sites,
+            **({"chat": demo_chat(slack)} if slack is not None else {}),
         },
     )
+
+
+def demo_chat(slack: SlackSimHandle) -> dict[str, Any]:
+    """Slack in Socket Mode against the loopback simulator; alice operates, bob approves."""
+    team = slack.settings.team_id
+    return {
+        "roles": {
+            "operators": [f"slack:{team}:{ALICE}"],
+            "approvers": [f"slack:{team}:{ALICE}", f"slack:{team}:{BOB}"],
+        },
+        "slack": {
+            "enabled": True,
+            "mode": "socket",
+            "bot_token": slack.settings.bot_token,
+            "app_token": slack.settings.app_token,
+            "api_url": slack.api_url,
+            "channel": slack.settings.default_channel,
+        },
+    }
 
 
 def campus_site(campus: Campus) -> dict[str, Any]:
@@ -347,6 +374,7 @@ async def run_demo(console: Console, changes: int, tunnel_delay: float, state_di
             "ike-s": gateways.port("secondary-gw", "s"),
         },
     )
+    slack = await start_slack_sim()
     try:
         redis_url = await embedded.start()
         async with _serve(sink_app) as sink_port:
@@ -359,6 +387,7 @@ async def run_demo(console: Console, changes: int, tunnel_delay: float, state_di
                 tunnel_delay,
                 responders.ports["branch"],
                 campus,
+                slack,
             )
             console.print(
                 f"[bold]tunnelwarden demo[/bold]: ARM simulator on 127.0.0.1:{sim_port}, "
@@ -384,13 +413,15 @@ async def run_demo(console: Console, changes: int, tunnel_delay: float, state_di
                 drop = await _tunnel_drop(console, world, services)
                 probe = await _nothing_passes(console, world, services, routes)
                 failback = await _failback(console, world, services, campus, sink)
+                approved = await _chat_approval(console, world, services, slack)
                 stop.set()
                 await bot
                 _summary(console, plan, sink, world)
                 ok = all(c.record is not None and c.record.outcome == "ok" for c in plan)
-                return 0 if ok and drop and probe and failback else 1
+                return 0 if ok and drop and probe and failback and approved else 1
     finally:
         stop.set()
+        await slack.close()
         await gateways.close()
         await link.aclose()
         await sonicos_runner.cleanup()
@@ -549,6 +580,111 @@ async def _failback(
     return failbacks == 1
 
 
+async def _chat_approval(
+    console: Console, world: World, services: Services, slack: SlackSimHandle
+) -> bool:
+    """In Slack, alice asks for a destructive playbook: the dry-run first, then Apply asks
+    for an approver other than her; her own click is refused, bob approves, the run happens,
+    the outcome is posted in the channel. Each exchange is read back from the simulator."""
+    console.rule("home: a destructive playbook asked for in chat, approved by another person")
+    sim = slack.sim
+    try:
+        await sim.wait_connected(within=15)
+    except Exception:
+        console.print("  [red]the bot did not connect to the Slack simulator[/red]")
+        return False
+
+    async def answer(after: int, count: int = 1) -> list[PostedMessage]:
+        for _ in range(400):
+            new = [m for m in sim.messages() if m.seq > after]
+            if len(new) >= count:
+                return new[:count]
+            await asyncio.sleep(0.05)
+        raise TimeoutError("no answer in Slack")
+
+    def last() -> int:
+        posted = sim.messages()
+        return posted[-1].seq if posted else 0
+
+    def said(who: str, text: str) -> None:
+        console.print(f"  [cyan]slack[/cyan] {who}: {escape(text)}", highlight=False)
+
+    def shown(message: PostedMessage) -> None:
+        where = "to the asker" if message.ephemeral else "in #tunnelwarden"
+        lines = (message.text or "").splitlines() or [""]
+        console.print(f"  [cyan]slack[/cyan] bot ({where}): {escape(lines[0])}", highlight=False)
+        for line in lines[1:]:
+            console.print(f"         {escape(line)}", highlight=False)
+        buttons = [e["text"]["text"] for b in message.blocks or [] if b.get("type") == "actions"
+                   for e in b.get("elements", [])]  # fmt: skip
+        if buttons:
+            console.print(f"         [{'] ['.join(buttons)}]", highlight=False, markup=False)
+
+    def button(message: PostedMessage, action: str) -> str:
+        for block in message.blocks or []:
+            for element in block.get("elements", []) if block.get("type") == "actions" else []:
+                if element.get("action_id") == action:
+                    return str(element.get("value", ""))
+        raise KeyError(action)
+
+    world.drop_tunnel("conn-home", cleared_by=["put_connection"])
+    console.print(
+        "  [yellow]world[/yellow] tunnel conn-home down for good: only a re-created connection "
+        "brings it back"
+    )
+
+    def guid() -> str:  # a DELETE and re-create gives the connection a new resourceGuid
+        found = [r for r in world.dump()["resources"] if r["name"] == "conn-home"]
+        return str(found[0]["properties"]["resourceGuid"]) if found else "(missing)"
+
+    original = guid()
+    try:
+        before = last()
+        said("alice", "/tunnelwarden playbook recreate-connection home")
+        await sim.inject_slash("playbook recreate-connection home", user=ALICE, user_name="alice")
+        (dry,) = await answer(before)
+        shown(dry)
+        before = last()
+        said("alice", "clicks Apply")
+        await sim.inject_interactive(
+            "tw_apply", button(dry, "tw_apply"), user=ALICE, user_name="alice"
+        )
+        (request,) = await answer(before)
+        shown(request)
+        approval = button(request, "tw_approve")
+        before = last()
+        said("alice", "clicks Approve on her own request")
+        await sim.inject_interactive("tw_approve", approval, user=ALICE, user_name="alice")
+        (refused,) = await answer(before)
+        shown(refused)
+        nothing = guid() == original
+        console.print(
+            "  [blue]azure[/blue] connection conn-home "
+            + ("untouched so far (nothing ran)" if nothing else "[red]changed![/red]")
+        )
+        before = last()
+        said("bob", "clicks Approve")
+        await sim.inject_interactive("tw_approve", approval, user=BOB, user_name="bob")
+        decided, outcome = await answer(before, 2)
+        shown(decided)
+        shown(outcome)
+    except (TimeoutError, KeyError) as exc:
+        console.print(f"  [red]the chat exchange stopped: {escape(str(exc))}[/red]")
+        return False
+    status = world.connection_status("conn-home")
+    good = (
+        nothing
+        and guid() != original
+        and (outcome.text or "").startswith("ok:")
+        and status == "Connected"
+    )
+    colour = "green" if good else "red"
+    console.print(
+        f"  [{colour}]done[/{colour}]  conn-home re-created after bob's approval; tunnel {status}"
+    )
+    return good
+
+
 async def _wait_record(services: Services, site: str, after: float) -> RunRecord | None:
     """The first run of ``site`` since ``after`` that reset the connection (a hint that found
     the site busy is folded into the next reconcile, so the event type may be any)."""
@@ -635,7 +771,8 @@ async def _play(
     if change.trouble:
         world.drop_tunnel(f"conn-{s.name}", cleared_by=["reset_connection"])
         console.print(
-            f"  [yellow]world[/yellow] and the tunnel will need a reset ({change.trouble})"
+            f"  [yellow]world[/yellow] this time tunnel conn-{s.name} also needs a reset "
+            f"({change.trouble})"
         )
     console.print(
         f"  [yellow]world[/yellow] tunnel conn-{s.name}: "
@@ -672,11 +809,6 @@ async def _follow(
     status = ""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        now_status = world.connection_status(f"conn-{site}")
-        if now_status != status:
-            status = now_status
-            colour = "green" if status == "Connected" else "yellow"
-            console.print(f"  [{colour}]world[/{colour}] tunnel conn-{site}: {status}")
         runs = await state.active_runs(site)
         for run_id in runs:
             if run_id not in shown_runs:
@@ -689,6 +821,12 @@ async def _follow(
             for entry in journal[shown.get(run_id, 0) :]:
                 _print_step(console, entry.step, entry.phase, entry.data)
             shown[run_id] = len(journal)
+        # The world after the journal: a step read before this moment is never shown after it.
+        now_status = world.connection_status(f"conn-{site}")
+        if now_status != status:
+            status = now_status
+            colour = "green" if status == "Connected" else "yellow"
+            console.print(f"  [{colour}]world[/{colour}] tunnel conn-{site}: {status}")
         for record in await state.history(site, 3):
             if record.event_type == "ip.changed" and change.new_ip in record.reason:
                 for run_id in shown_runs:
@@ -699,7 +837,8 @@ async def _follow(
                 colour = "green" if record.outcome == "ok" else "red"
                 console.print(f"  [magenta]why[/magenta]   {escape(record.reason)}")
                 console.print(
-                    f"  [{colour}]done[/{colour}]  {record.outcome} in {took:.1f}s after the push"
+                    f"  [{colour}]done[/{colour}]  {record.outcome} {took:.1f}s after the push "
+                    f"(the run took {record.duration_s:.1f}s)"
                 )
                 await asyncio.sleep(0.3)  # let the chat message land before the next change
                 return record
@@ -712,7 +851,10 @@ def _print_step(console: Console, step: str, phase: str, data: Any) -> None:
     if step == ":playbook":
         if phase == "start" and isinstance(data, dict):
             planned = "; ".join(
-                f"{c['field']} {c['old']} -> {c['new']}" for c in data.get("changes") or []
+                f"reset (it is {c['old']})"
+                if c["field"] == c["new"] == "reset"
+                else f"{c['field']} {c['old']} -> {c['new']}"
+                for c in data.get("changes") or []
             )
             console.print(f"  [blue]playbook[/blue] {data.get('playbook')}: plan {planned} ...")
         elif phase == "done" and isinstance(data, dict):
@@ -723,14 +865,19 @@ def _print_step(console: Console, step: str, phase: str, data: Any) -> None:
                 f"[{colour}]{data.get('outcome')}[/{colour}] {text}"
             )
             for c in data.get("changes") or []:
-                console.print(f"           {c['target']} {c['field']}: {c['old']} -> {c['new']}")
+                if c["field"] == c["new"] == "reset":  # an action, not a value that changed
+                    console.print(f"           {c['target']} reset (it was {c['old']})")
+                else:
+                    console.print(
+                        f"           {c['target']} {c['field']}: {c['old']} -> {c['new']}"
+                    )
     elif phase in ("done", "failed") and not step.startswith(":"):
         console.print(f"           step {step}: {phase}")
 
 
 def _summary(console: Console, plan: list[Change], sink: Sink, world: World) -> None:
     table = Table(title="Summary", title_justify="left")
-    for col in ("site", "new address", "push", "outcome", "playbooks", "writes", "took"):
+    for col in ("site", "new address", "push", "outcome", "playbooks", "writes", "run took"):
         table.add_column(col, no_wrap=col != "playbooks")
     for c in plan:
         r = c.record

@@ -90,6 +90,10 @@ class Keys:
         """An alert already accepted (de-duplication of Azure Monitor's retries)."""
         return f"{self.prefix}:{{events}}:alert:{digest}"
 
+    def told(self, site: str, what: str) -> str:
+        """A notice already sent, so an incident is told once (not at every redelivery)."""
+        return f"{self._site(site)}:told:{what}"
+
     def changes(self, site: str) -> str:
         """Sorted set of applied changes (member = run id, score = time), for rate limits."""
         return f"{self._site(site)}:changes"

@@ -91,5 +91,24 @@ class Metrics:
             "tunnelwarden_dead_letter_entries", "Entries in the dead-letter stream", registry=r
         )
 
+        self.budget_tokens = Gauge(
+            "tunnelwarden_arm_budget_tokens",
+            "Tokens left in the shared ARM budget (last seen by this process), per class",
+            ["op"],
+            registry=r,
+        )
+        self.budget_deferred = Counter(
+            "tunnelwarden_arm_calls_deferred",
+            "ARM calls not sent because the shared budget had no token soon enough",
+            ["op", "priority"],
+            registry=r,
+        )
+        self.arm_throttled = Counter(
+            "tunnelwarden_arm_throttled",
+            "429 answers received from ARM, per class",
+            ["op"],
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

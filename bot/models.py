@@ -19,6 +19,11 @@ class PlaybookCall(BaseModel):
     # A destructive playbook runs only where the site's policy allows it, or when a person
     # confirmed it (CLI --confirm-destructive; chat: an approval).
     confirmed: bool = False
+    # A destructive step a handler decided on a site whose policy has ``approval = true``: the
+    # runner does not run it but asks an approver in chat, once per ``incident`` (the key that
+    # lets a retry find the request already asked); an approval queues it, confirmed.
+    needs_approval: bool = False
+    incident: str = ""
 
 
 class Decision(BaseModel):

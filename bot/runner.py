@@ -22,6 +22,9 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
+from bot.budget import Priority
+from bot.budget import priority as budget_priority
+from bot.escalate import Escalations
 from bot.events import Event
 from bot.models import Change, Decision, Outcome, Plan, PlaybookCall, PlaybookResult, RunRecord
 from bot.retry import (
@@ -155,9 +158,11 @@ class Runner:
         if begun.kind == "done":
             return None
         token = current_lock.set(lock)
+        rank = budget_priority.set(Priority.VERIFY)  # reads; a write raises it (bot.budget)
         try:
             return await self._reconcile(event, handler, data, begun, lock)
         finally:
+            budget_priority.reset(rank)
             current_lock.reset(token)
             await lock.release()
 
@@ -257,7 +262,11 @@ class Runner:
             transient = failed is None or failed.retry
             message = f"{failed.playbook}: {failed.error}" if failed and failed.error else outcome
             updates[f"{f}.error"] = message[:500]
-            if transient:
+            if failed is not None and failed.error_code == "BudgetDeferred":
+                # The shared ARM budget had no token soon enough: back at its time, no backoff.
+                when = now + (failed.retry_after or 1.0)
+                updates[f"{f}.status"] = "deferred"
+            elif transient:
                 attempt = int(view.state.get(f"{f}.attempt", "0") or 0) + 1
                 asked = failed.retry_after if failed else None
                 delay = backoff(attempt, policy.retry_base_delay, policy.retry_max_delay, asked)
@@ -334,18 +343,24 @@ class Runner:
         try:
             playbook = self.playbook(call.name)
             params = self.parse(playbook, call.params)
-            if playbook.destructive and not (call.confirmed or ctx.policy.allow_destructive):
-                raise PermanentError(
-                    f"{call.name} is destructive: it runs only where the site's policy has "
-                    "allow_destructive = true, or when a person confirms it "
-                    "(tunnelwarden playbook run ... --confirm-destructive)",
-                    "DestructiveRefused",
+            if call.needs_approval and not (call.confirmed or ctx.policy.allow_destructive):
+                # The handler asked for an approver (policy.approval): ask once per incident
+                # (record, then post), and run nothing destructive here.
+                await ctx.guard()
+                result = await Escalations(self.services).ask(ctx.site, call)
+            else:
+                if playbook.destructive and not (call.confirmed or ctx.policy.allow_destructive):
+                    raise PermanentError(
+                        f"{call.name} is destructive: it runs only where the site's policy has "
+                        "allow_destructive = true, or when a person confirms it "
+                        "(tunnelwarden playbook run ... --confirm-destructive)",
+                        "DestructiveRefused",
+                    )
+                async with asyncio.timeout(ctx.policy.playbook_timeout):
+                    outcome, detail, changes = await self._converge(ctx, playbook, params)
+                result = PlaybookResult(
+                    playbook=call.name, outcome=outcome, detail=detail, changes=changes
                 )
-            async with asyncio.timeout(ctx.policy.playbook_timeout):
-                outcome, detail, changes = await self._converge(ctx, playbook, params)
-            result = PlaybookResult(
-                playbook=call.name, outcome=outcome, detail=detail, changes=changes
-            )
         except (LockLost, JournalKeyUnavailable):
             raise  # not this worker's to record: the event stays for another worker
         except TimeoutError:
@@ -402,7 +417,11 @@ class Runner:
                 detail = await playbook.apply(ctx, params, plan)
                 break
             except Exception as exc:
-                if not is_transient(exc) or attempt == ctx.policy.retry_attempts:
+                if (
+                    not is_transient(exc)
+                    or attempt == ctx.policy.retry_attempts
+                    or getattr(exc, "code", None) == "BudgetDeferred"  # the scheduler's turn
+                ):
                     raise
                 wait = retry_after(exc) or min(ctx.policy.retry_base_delay, 2.0**attempt)
                 log.info(

@@ -290,8 +290,10 @@ class Worker:
         with contextlib.suppress(Exception):
             await self.services.queue.note_error(delivery.entry_id, text)
         notifications = self.services.notifications
-        if notifications.enabled:
-            event_site = _site_of(delivery)
+        event_site = _site_of(delivery)
+        if notifications.enabled and await self._first_time(
+            event_site, f"journal-key:{self.name}:{delivery.entry_id}"
+        ):
             with contextlib.suppress(Exception):
                 await notifications.send(
                     Notification(
@@ -305,6 +307,14 @@ class Worker:
                         ),
                     )
                 )
+
+    async def _first_time(self, site: str, what: str) -> bool:
+        """True once per ``what`` (a day), so a redelivered incident is not told again."""
+        try:
+            key = self.services.keys.told(site, what)
+            return bool(await self.services.redis.set(key, "1", nx=True, ex=86400))
+        except Exception:
+            return True  # Redis is in doubt: better told twice than not at all
 
     async def _handle(self, delivery: Delivery) -> None:
         queue, metrics = self.services.queue, self.services.metrics

@@ -16,7 +16,8 @@ probes answers. The chain::
                                                               └─ down ─▶ reset-gateway ─▶ verify
                   (the device step only where the site has a device that can re-initiate,
                    ``[[sites.NAME.devices]]``: sonicwall-reinitiate, rras-connect; the last two
-                   only where the site's policy.allow_destructive)
+                   only where the site's policy.allow_destructive, or, with policy.approval,
+                   each after an approver agreed in chat: the runner asks, once per incident)
 
 When a quorum of through-tunnel probes fails while Azure may well say Connected ("up but
 passing nothing"), the connection is reset without waiting for Azure to agree
@@ -87,6 +88,9 @@ RECOVERED_BY = (*RESETS, *APPLIED_BY)
 REINITIATE = {"sonicwall": "sonicwall-reinitiate", "rras": "rras-connect"}
 RETRYING = "down:retrying"  # the incident key of an outage that is being retried
 FLAP_WINDOW = 900.0  # drops closer together than this are one flapping episode
+# A destructive step waiting for an approver (bot.escalate), and one that will not run.
+APPROVAL_WAITING = ("ApprovalRequested", "ApprovalPending")
+APPROVAL_CLOSED = ("ApprovalDenied", "ApprovalExpired")
 
 
 def _azure_ready(view: SiteView) -> bool:
@@ -182,11 +186,19 @@ async def decide(event: Event, data: Data, view: SiteView) -> Decision:
             f"({len(down)} of quorum {quorum}): reset",
         )
     escalate: list[PlaybookCall] = []
-    if policy.allow_destructive:
+    if policy.allow_destructive or policy.approval:
+        # With approval (and not allow_destructive) each destructive step waits for an
+        # approver: the runner asks once per incident and runs nothing meanwhile.
+        asked = not policy.allow_destructive
+        incident = incident_of(event, data, view) if asked else ""
         params = {"ip": desired} if desired else {}
-        gateway = PlaybookCall(name="reset-gateway", params=wait)
+        gateway = PlaybookCall(
+            name="reset-gateway", params=wait, needs_approval=asked, incident=incident
+        )
         escalate = [
-            PlaybookCall(name="recreate-connection", params=params),
+            PlaybookCall(
+                name="recreate-connection", params=params, needs_approval=asked, incident=incident
+            ),
             PlaybookCall(name="verify-tunnel", params=wait, on_failure=[gateway, verify]),
         ]
     after_reset = escalate
@@ -312,22 +324,31 @@ def describe(
     if state.get("incident.key") == _incident_key(record):
         return None  # told already; the retries go on quietly
     failed = _failure(record)
+    if failed and failed.error_code in APPROVAL_CLOSED:
+        return None  # the approval flow told of the denial or the expiry, once
+    if failed and failed.error_code == "BudgetDeferred":
+        return None  # waiting its turn in ARM's request budget (a storm), not a failure
     what = f"{failed.playbook}: {failed.error or failed.outcome}" if failed else record.outcome
     facts = {"Desired IP": desired or "(unknown)", "Run": record.run_id}
     since = _down_since(event, data, record, view)
     facts["Down since"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))
     facts["Done"] = " → ".join(f"{r.playbook} ({r.outcome})" for r in record.playbooks) or "-"
-    if record.retry_at:
+    retrying = bool(failed and failed.retry)
+    if record.retry_at and retrying:  # a permanent failure's next look is only the resync
         facts["Next try"] = time.strftime("%H:%M:%S", time.localtime(record.retry_at))
     if isinstance(data, TunnelHint | ProbeHint):
         facts["Noticed by"] = event.source
-    retrying = bool(failed and failed.retry)
     if failed and failed.error_code in ("AuthorizationFailed", "Forbidden", "403"):
         nxt = "Grant the identity the role in docs/azure.md, then the next re-check applies it."
     elif failed and failed.error_code in ("ResourceNotFound", "NotConfigured", "404"):
         nxt = "Check the site's resource_group, local_network_gateway and connection settings."
     elif failed and failed.error_code == "DestructiveRefused":
         nxt = "Allow destructive playbooks for the site, or run the command below by hand."
+    elif failed and failed.error_code in APPROVAL_WAITING:
+        nxt = (
+            f"{failed.playbook} is destructive and this site wants an approval: an approver "
+            "decides on the approval request in chat (or: tunnelwarden approve ID)."
+        )
     elif retrying and failed and failed.playbook in ("verify-tunnel", *RESETS):
         ran = {r.playbook for r in record.playbooks}
         command = recreate_command(event.site, desired)
@@ -417,7 +438,17 @@ def _converged(
     )
 
 
+def incident_of(event: Event, data: Data, view: SiteView) -> str:
+    """The outage's identity: the ``incident.since`` the run's record opens (or opened), so a
+    retry of the same outage names the same incident (approval requests are keyed by it)."""
+    return view.state.get("incident.since") or f"{_since(event, data, view, view.now):.3f}"
+
+
 def _down_since(event: Event, data: Data, record: RunRecord, view: SiteView) -> float:
+    return _since(event, data, view, record.started_at)
+
+
+def _since(event: Event, data: Data, view: SiteView, started: float) -> float:
     state = view.state
     for value in (
         state.get("incident.since"),
@@ -429,7 +460,7 @@ def _down_since(event: Event, data: Data, record: RunRecord, view: SiteView) -> 
     ):
         if value:
             return float(value)
-    return record.started_at
+    return started
 
 
 def _observed(

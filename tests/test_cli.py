@@ -224,7 +224,7 @@ def test_emit_run_history_status_and_dead_letters_json(
     assert record["run_id"] in [h["run_id"] for h in history]
 
     status = tw_json(redis_url, prefix, "status", env=home)
-    assert set(status) == {"queue", "workers", "sites", "redis"}
+    assert set(status) >= {"queue", "workers", "sites", "redis", "state_dir"}  # only added
     assert status["redis"]["persistence"] in ("none", "aof", "rdb", "aof+rdb", "unknown")
     assert status["queue"]["lag"] == 0 and status["queue"]["dead_letters"] == 1
     (site,) = status["sites"]
@@ -341,7 +341,7 @@ def test_playbook_list_json() -> None:
 
 def test_unreachable_redis_is_a_clear_error(prefix: str) -> None:
     result = tw("redis://127.0.0.1:1/0", prefix, "status")
-    assert result.returncode == 2
+    assert result.returncode == 4  # README's exit codes: Redis unreachable
     assert "redis:" in result.stderr and "Traceback" not in result.stderr
 
 

@@ -88,6 +88,27 @@ def test_emit_playbook_requested_meets_the_same_gate_as_playbook_run(
     assert _queued(redis_url, prefix) == [], "refused before anything was queued"
 
 
+def test_a_requested_address_becomes_the_desired_one_whichever_way_it_comes(
+    redis_url: str, prefix: str, home: dict[str, str]
+) -> None:
+    """A person's update-local-gateway with an ip is kept (a resync must not undo it),
+    through ``emit`` as through ``playbook run``: the one ``keep_manual_address``."""
+    data = {"playbook": "update-local-gateway", "params": {"ip": "203.0.113.77"}}
+    args = ["emit", "playbook.requested", "--site", "home", "--data", json.dumps(data)]
+    allowed = {**home, "TUNNELWARDEN_DETECT__ALLOW_DOCUMENTATION": "true"}  # 203.0.113.0/24
+    result = tw(redis_url, prefix, *args, env=allowed)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (event,) = _queued(redis_url, prefix)
+    assert event["data"]["params"] == {"ip": "203.0.113.77"}  # type: ignore[index]
+    client = redis.Redis.from_url(redis_url)
+    try:
+        state = client.hgetall(Keys(prefix).state("home"))
+    finally:
+        client.close()
+    assert state[b"ip.v4"] == b"203.0.113.77"
+    assert state[b"ip.v4.source"] == b"cli"
+
+
 def test_only_the_flag_confirms_a_destructive_playbook_through_emit(
     redis_url: str, prefix: str, home: dict[str, str]
 ) -> None:

@@ -59,4 +59,20 @@ def test_demo_plays_ip_changes_end_to_end(tmp_path: Path) -> None:
     assert "probe ike-" not in failback, "a path's probe is told of by the failover reconciler"
     assert "campus: tunnel Connected but degraded" not in out, "one gateway at a time by design"
     assert "campus-demo-fw-pw" not in out + result.stderr
+    # In Slack, alice asks for a destructive playbook: the dry-run, an approval request her
+    # own click cannot decide, nothing deleted until bob approves, then the run's outcome.
+    chat = out[out.index("a destructive playbook asked for in chat") :]
+    assert "slack alice: /tunnelwarden playbook recreate-connection home" in chat
+    assert "slack bot (to the asker): dry-run of recreate-connection on home:" in chat
+    assert "connection conn-home recreate: NotConnected -> delete and re-create" in chat
+    assert "asks to run recreate-connection (destructive) on home" in chat
+    assert "[Approve] [Deny]" in chat
+    assert "not allowed: you asked for" in chat
+    assert "connection conn-home untouched so far (nothing ran)" in chat
+    assert re.search(r"approval \w+ approved by bob: recreate-connection on home queued", chat)
+    assert "slack bot (in #tunnelwarden): ok: playbook.requested on home" in chat
+    assert "approved by slack:T0SIMTEAM1:U0DEMOBOB01" in chat
+    assert "recreate-connection: ok connection conn-home re-created" in chat
+    assert "conn-home re-created after bob's approval; tunnel Connected" in chat
+    assert "xoxb-" not in out + result.stderr and "xapp-" not in out + result.stderr
     assert any((tmp_path / "state").glob("appendonly*")), "the private Redis kept no data"

@@ -166,6 +166,31 @@ def test_a_failure_is_told_once_per_incident_with_the_next_step() -> None:
     assert remember(event, data, failed, again)["incident.since"] == "100.000"
 
 
+def test_a_run_deferred_by_the_arm_budget_is_not_told_and_a_permanent_one_has_no_next_try() -> None:
+    event, data = changed()
+    deferred = PlaybookResult(
+        playbook="update-local-gateway",
+        outcome="failed",
+        error="ARM writes budget spent: deferred 4.0s",
+        error_code="BudgetDeferred",
+        retry=True,
+    )
+    record_ = record("failed", deferred, retry_at=time.time() + 4)
+    assert describe(event, data, record_, None, view()) is None, "a storm is not an outage"
+    forbidden = PlaybookResult(
+        playbook="update-local-gateway",
+        outcome="failed",
+        error="not allowed",
+        error_code="AuthorizationFailed",
+        retry=False,
+    )
+    note = describe(
+        event, data, record("failed", forbidden, retry_at=time.time() + 900), None, view()
+    )
+    assert note is not None
+    assert "Next try" not in {f.name for f in note.facts}, "only the resync would look again"
+
+
 def test_recovery_and_changes_are_told_and_close_the_incident() -> None:
     event, data = changed()
     ok = record(

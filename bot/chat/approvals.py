@@ -50,6 +50,16 @@ return {'ok', ARGV[1], ARGV[2]}
 """
 
 
+_EXPIRE = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return 0 end
+if tonumber(ARGV[1]) < tonumber(redis.call('HGET', KEYS[1], 'expires_at')) then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'expired', 'decided_at', ARGV[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'approval',
+           redis.call('HGET', KEYS[1], 'id'), 'status', 'expired', 'by', '', 'at', ARGV[1])
+return 1
+"""
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -120,6 +130,7 @@ class Approvals:
         self.prefix = prefix
         self.ttl = ttl
         self._decide = redis.register_script(_DECIDE)
+        self._expire = redis.register_script(_EXPIRE)
 
     def key(self, approval_id: str) -> str:
         return f"{self.prefix}:{{chat}}:approval:{approval_id}"
@@ -136,11 +147,12 @@ class Approvals:
         requested_by: str,
         *,
         now: float | None = None,
+        approval_id: str | None = None,
     ) -> Approval:
         """Record a pending request (do this before posting its buttons)."""
         at = time.time() if now is None else now
         approval = Approval(
-            id=secrets.token_hex(5),
+            id=approval_id or secrets.token_hex(5),
             site=site,
             playbook=playbook,
             params=params,
@@ -189,6 +201,15 @@ class Approvals:
         )
         result, status, who = (_text(x) for x in reply)
         return Decided(result, status, who, await self.get(approval_id))  # type: ignore[arg-type]
+
+    async def expire(self, approval_id: str, *, now: float | None = None) -> bool:
+        """Mark a pending request past its expiry ``expired`` (audited); True only for the
+        one caller that did, so an expiry is told once however many notice it."""
+        at = time.time() if now is None else now
+        done = await self._expire(
+            keys=[self.key(approval_id), self.audit_key], args=[f"{at:.3f}", AUDIT_MAXLEN]
+        )
+        return bool(done)
 
     async def attach_run(self, approval: Approval, run_id: str) -> None:
         approval.run_id = run_id

@@ -9,6 +9,7 @@ sees a real 429 + ``Retry-After`` instead of silently succeeding.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -94,8 +95,28 @@ class RateLimiter:
 
     def __init__(self, clock: Callable[[], float], limits: dict[OpClass, tuple[float, float]]):
         self._clock = clock
-        self._limits = limits
+        self._limits = dict(limits)
         self._buckets: dict[tuple[str, OpClass], _Bucket] = {}
+        # When each request of a class was admitted or refused (the world's clock): what a
+        # test or benchmark counts per window. ``throttled`` counts the 429s given.
+        self.admitted: dict[OpClass, deque[float]] = {op: deque(maxlen=200_000) for op in OpClass}
+        self.throttled: dict[OpClass, int] = {op: 0 for op in OpClass}
+
+    def configure(self, limits: dict[OpClass, tuple[float, float]]) -> None:
+        """New bucket sizes and refill rates (e.g. scaled down for a small storm); the
+        buckets start full again."""
+        self._limits.update(limits)
+        self._buckets.clear()
+
+    def busiest(self, op: OpClass, window: float) -> int:
+        """The most requests of ``op`` admitted within any ``window`` seconds."""
+        times = list(self.admitted[op])
+        best, start = 0, 0
+        for end, stamp in enumerate(times):
+            while stamp - times[start] > window:
+                start += 1
+            best = max(best, end - start + 1)
+        return best
 
     def acquire(self, subscription: str, op: OpClass) -> tuple[bool, int, int]:
         """Take a token; return (allowed, remaining, retry_after_seconds)."""
@@ -109,8 +130,13 @@ class RateLimiter:
         bucket.stamp = now
         if bucket.tokens >= 1.0:
             bucket.tokens -= 1.0
+            self.admitted[op].append(now)
             return True, int(bucket.tokens), 0
+        self.throttled[op] += 1
         return False, 0, max(1, math.ceil((1.0 - bucket.tokens) / rate))
 
     def reset(self) -> None:
         self._buckets.clear()
+        for op in OpClass:
+            self.admitted[op].clear()
+            self.throttled[op] = 0

@@ -2,10 +2,10 @@
 
 Example (TOML)::
 
-    subscription = "00000000-0000-0000-0000-000000000001"   # default for entries below
+    subscription = "00000000-0000-0000-0000-000000000000"   # default for entries below
 
     [settings]
-    tunnel_delay = 5.0        # seconds a tunnel stays "Connecting" before "Connected"
+    tunnel_delay = 0.0        # seconds a tunnel stays "Connecting" before "Connected" (default 0)
     retry_after = 1           # Retry-After (s) on LRO responses
     lro_polls = 1             # InProgress polls before an operation completes
     lro_settle_seconds = 5.0  # unpolled operations complete on their own after this

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from bot.events import Event
 from bot.scheduler import RECONCILE, member
@@ -165,6 +166,20 @@ class IpReporter:
             )
         )
         await state.set_site_state(site, {f"rejected.{family}": ip})
+
+
+async def keep_manual_address(
+    services: Services, site: str, playbook: str, params: Mapping[str, Any], source: str
+) -> None:
+    """A person's ``update-local-gateway`` with an ``ip`` (CLI ``playbook run``, ``emit
+    playbook.requested``, chat): that address becomes the site's desired one, recorded
+    without a hint, so the reconciler keeps it (a resync does not undo it) until the site
+    reports another. Every entry point that queues a person's request calls this."""
+    ip = params.get("ip")
+    if playbook != "update-local-gateway" or not ip:
+        return
+    reporter = IpReporter(services, allow_documentation=services.settings.allow_documentation_ips)
+    await reporter.observe(site, str(ip), "v4", source=source, hint=False)
 
 
 def _text(value: bytes | str | int) -> str:

@@ -4,7 +4,10 @@ Listing connections does not return ``connectionStatus`` (azure-powershell#2581,
 azure-cli#2061: the status is filled in on a GET by name only), so the watcher GETs each
 configured connection in turn, spread evenly over ``[watcher] interval`` (a sweep), and never
 faster than its share of the subscription's ARM read budget (``read_share`` of 25 reads/s);
-as ``x-ms-ratelimit-remaining-subscription-reads`` falls it slows down further.
+as ``x-ms-ratelimit-remaining-subscription-reads`` falls it slows down further. Its reads are
+background sweeps for the shared ARM budget (``bot.budget``): they wait their turn behind
+reconciles and never take the budget's last ``sweep_reserve``; when the budget defers one the
+watcher skips the turn and slows down until reads are free again.
 
 What it sees is recorded in the site's state (``tunnel.*``), and only a change publishes a hint:
 
@@ -24,6 +27,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
+from bot.budget import BudgetDeferred, Priority
+from bot.budget import priority as budget_priority
 from bot.config import WatcherConfig
 from bot.events import Event
 from bot.services import Services
@@ -132,9 +137,13 @@ class TunnelWatcher:
     def interval(self) -> float:
         """Seconds between two reads: the sweep spread over the sites, never above the share
         of ARM's read budget, slower while ARM says few reads are left."""
+        return self._base_interval() * self._slowdown
+
+    def _base_interval(self) -> float:
         n = max(1, len(self.sites))
-        budget = 1.0 / (self.cfg.read_share * ARM_READS_PER_SECOND)
-        return max(self.cfg.interval / n, budget) * self._slowdown
+        reads_per_second = self.services.settings.azure.budget.reads[1] or ARM_READS_PER_SECOND
+        budget = 1.0 / (self.cfg.read_share * reads_per_second)
+        return max(self.cfg.interval / n, budget)
 
     async def poll(self) -> str | None:
         if not self.sites:
@@ -148,9 +157,23 @@ class TunnelWatcher:
         cfg = self.services.settings.sites[site]
         assert cfg.resource_group and cfg.connection
         client: NetworkManagementClient = await self.services.azure.network()
-        reply = await client.virtual_network_gateway_connections.get(
-            cfg.resource_group, cfg.connection, cls=_with_headers
-        )
+        rank = budget_priority.set(Priority.SWEEP)  # the budget serves reconciles first
+        try:
+            reply = await client.virtual_network_gateway_connections.get(
+                cfg.resource_group, cfg.connection, cls=_with_headers
+            )
+        except BudgetDeferred as exc:
+            # The shared budget is busy restoring tunnels: skip this turn, back off until
+            # the budget has reads for sweeps again, then go on where we were.
+            self._next -= 1
+            self._slowdown = min(
+                60.0,
+                max(self._slowdown, (exc.retry_after or 1.0) / max(self._base_interval(), 1e-3)),
+            )
+            log.debug("sweep deferred by the ARM budget: %s", exc)
+            return None
+        finally:
+            budget_priority.reset(rank)
         conn, headers = cast("tuple[Any, Any]", reply)  # what _with_headers returns
         self.reads += 1
         self._follow_budget(headers)

@@ -18,6 +18,7 @@ CGNAT or otherwise unusable address never reaches Azure, whoever asks.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -154,7 +155,11 @@ async def _put_address(
     headers = {"If-Match": str(etag)} if etag else {}
     try:
         poller = await ops.begin_create_or_update(
-            t.resource_group, t.local_network_gateway, cast("LngJson", body), headers=headers
+            t.resource_group,
+            t.local_network_gateway,
+            cast("LngJson", body),
+            headers=headers,
+            polling=_without_final_get(ctx.services.settings.azure.polling_interval),
         )
     except Exception as exc:
         if precondition_failed(exc):  # changed since plan(): read and plan again
@@ -165,7 +170,39 @@ async def _put_address(
         return await ops.get(t.resource_group, t.local_network_gateway)
 
     lng = await finish(ctx, poller, get, f"lng {t.local_network_gateway}")
+    if isinstance(lng, Mapping) and str(lng.get("status", "")).lower() == "succeeded":
+        # The operation's own status said Succeeded: the PUT (If-Match the ETag read in plan)
+        # is what the LNG now holds. No final GET, no verification read.
+        vars(ctx)[_CONFIRMED] = (field, wanted)
+        return {"field": field, "value": wanted}
+    if _current(lng, field) == wanted and (text(lng.provisioning_state) or "Succeeded") == (
+        "Succeeded"
+    ):
+        vars(ctx)[_CONFIRMED] = (field, wanted)  # read after the operation finished
     return {"field": field, "value": _current(lng, field)}
+
+
+def _without_final_get(polling_interval: float) -> Any:
+    """ARM polling as the SDK does it, minus the final GET of the LNG after the operation
+    succeeded (its result is then the operation's status): one ARM read less per update, and
+    reads are what limit a storm of renumbered sites (bot.budget)."""
+    from azure.mgmt.core.polling.async_arm_polling import AsyncARMPolling
+
+    class WithoutFinalGet(AsyncARMPolling):
+        def initialize(
+            self, client: Any, initial_response: Any, deserialization_callback: Any
+        ) -> None:
+            super().initialize(client, initial_response, deserialization_callback)
+            operation = getattr(self, "_operation", None)
+            if operation is not None:
+                operation.get_final_get_url = lambda _response: None
+
+    return WithoutFinalGet(polling_interval)
+
+
+# Marks a run whose write was read back, finished, in this process: verify() need not read
+# again (the ARM read budget is what limits a storm of renumbered sites; see bot.budget).
+_CONFIRMED = "_lng_confirmed"
 
 
 async def _verify_lng(ctx: RunContext, t: AzureTarget, field: str, wanted: str) -> str | None:
@@ -206,6 +243,8 @@ class UpdateLocalGateway(Playbook[LngParams]):
 
     async def verify(self, ctx: RunContext, params: LngParams) -> str | None:
         field, wanted = _address(params)
+        if vars(ctx).pop(_CONFIRMED, None) == (field, wanted):
+            return None  # the operation's final read showed it, Succeeded
         return await _verify_lng(ctx, target(ctx), field, wanted)
 
 

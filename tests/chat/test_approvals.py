@@ -165,3 +165,17 @@ async def test_a_destructive_run_never_starts_without_a_recorded_approval(
         assert not (await dispatch(ctx, "apply test-wipe")).ok
     assert await queued(services) == 0
     assert await services.state.history(None, 10) == []
+
+
+async def test_expire_marks_a_request_once_and_only_when_due(services: Services) -> None:
+    approvals = ctx_for(services, APPROVER).approvals
+    asked = await approvals.create("hq", "test-wipe", {}, "tunnelwarden", now=1000.0)
+    assert not await approvals.expire(asked.id, now=1000.0 + approvals.ttl - 1)  # not yet
+    assert (await approvals.get(asked.id)).status == "pending"  # type: ignore[union-attr]
+    assert await approvals.expire(asked.id, now=1000.0 + approvals.ttl)
+    assert not await approvals.expire(asked.id, now=1000.0 + approvals.ttl + 5)  # told once
+    assert [a.status for a in await approvals.audit(asked.id)] == ["requested", "expired"]
+    decided = await approvals.create("hq", "test-wipe", {}, "tunnelwarden", now=1000.0)
+    await approvals.decide(decided.id, slack_id(APPROVER2), False, now=1001.0)
+    assert not await approvals.expire(decided.id, now=1000.0 + approvals.ttl)
+    assert (await approvals.get(decided.id)).status == "denied"  # type: ignore[union-attr]
