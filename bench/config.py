@@ -29,6 +29,7 @@ def write_config(
     admin_port: int = 0,
     sites: int = SITES,
     log_level: str = "INFO",
+    arm_budget: bool = True,
 ) -> Path:
     lines = [
         "[redis]",
@@ -46,6 +47,9 @@ def write_config(
         f'endpoint = "http://127.0.0.1:{sim_port}"',
         f'subscription_id = "{SUB}"',
         "polling_interval = 0",
+        "",
+        "[azure.budget]",
+        f"enabled = {'true' if arm_budget else 'false'}",
         "",
         "[http]",
         'host = "127.0.0.1"',

@@ -79,7 +79,9 @@ EXIT_INTERRUPTED = 130
 _DEBUG = {"on": False}
 
 
-_typer_display_type = typer.core.TyperOption.display_type_rich
+# typer's help shows ``--json <bool>``; newer typers render that in ``display_type_rich``.
+# Where it exists, flags show no type; older typers (the declared floor) keep their own help.
+_typer_display_type: Any = getattr(typer.core.TyperOption, "display_type_rich", None)
 
 
 def _flag_metavar(self: Any, ctx: Any) -> str | None:
@@ -90,7 +92,8 @@ def _flag_metavar(self: Any, ctx: Any) -> str | None:
     return shown
 
 
-setattr(typer.core.TyperOption, "display_type_rich", _flag_metavar)  # noqa: B010
+if _typer_display_type is not None:
+    setattr(typer.core.TyperOption, "display_type_rich", _flag_metavar)  # noqa: B010
 
 
 ConfigOpt = Annotated[
@@ -1263,14 +1266,19 @@ def main(argv: list[str] | None = None) -> None:
     """The console script: every error is one line (``--debug``: with its traceback) and an
     exit code from the table in README.md."""
     from typer import Abort, Exit
-    from typer._click import exceptions as click  # typer's own click: its exceptions
+
+    try:
+        from typer._click import exceptions as click  # newer typers vendor their click
+    except ImportError:  # older ones use click itself
+        from click import exceptions as click  # type: ignore[no-redef,unused-ignore]
+    no_args: Any = getattr(click, "NoArgsIsHelpError", ())  # click >= 8.2 (or typer's own)
 
     args = sys.argv[1:] if argv is None else argv
     _DEBUG["on"] = "--debug" in args or bool(os.environ.get("TUNNELWARDEN_DEBUG"))
     command = typer.main.get_command(app)
     try:
         code = command.main(args, prog_name="tunnelwarden", standalone_mode=False)
-    except click.NoArgsIsHelpError as exc:  # a group without its command: its help
+    except no_args as exc:  # a group without its command: its help
         if exc.ctx is not None:
             sys.stdout.write(exc.ctx.get_help() + "\n")
         code = EXIT_USAGE
