@@ -281,9 +281,27 @@ class Sink:
     console: Console
     received: list[dict[str, Any]] = field(default_factory=list)
 
+    held: list[dict[str, Any]] | None = None
+
+    def hold(self) -> None:
+        """Keep what arrives until ``release``: a run's chat line is shown after the run."""
+        self.held = []
+
+    def release(self) -> None:
+        held, self.held = self.held or [], None
+        for body in held:
+            self.show(body)
+
     async def hook(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.received.append(body)
+        if self.held is not None:
+            self.held.append(body)
+        else:
+            self.show(body)
+        return web.Response(text="ok")
+
+    def show(self, body: dict[str, Any]) -> None:
         colour = {"info": "green", "warning": "yellow"}.get(body.get("severity", ""), "red")
         self.console.print(f"  [{colour}]chat[/{colour}] {body['title']}", highlight=False)
         summary = str(body.get("summary") or "")
@@ -291,7 +309,6 @@ class Sink:
             self.console.print(f"       [dim]{escape(summary)}[/dim]", highlight=False)
         if body.get("next_step"):
             self.console.print(f"       next step: {body['next_step']}", highlight=False)
-        return web.Response(text="ok")
 
 
 @contextlib.asynccontextmanager
@@ -409,7 +426,7 @@ async def run_demo(console: Console, changes: int, tunnel_delay: float, state_di
                 await _baseline(console, world, services, http_port)
                 plan = _scenario(changes)
                 for change in plan:
-                    await _play(console, world, services, http_port, change)
+                    await _play(console, world, services, http_port, change, sink)
                 drop = await _tunnel_drop(console, world, services)
                 probe = await _nothing_passes(console, world, services, routes)
                 failback = await _failback(console, world, services, campus, sink)
@@ -762,10 +779,16 @@ async def _baseline(console: Console, world: World, services: Services, http_por
 
 
 async def _play(
-    console: Console, world: World, services: Services, http_port: int, change: Change
+    console: Console,
+    world: World,
+    services: Services,
+    http_port: int,
+    change: Change,
+    sink: Sink,
 ) -> None:
     s = change.site
     console.rule(f"{s.name}: the router gets a new public IP {change.new_ip}")
+    sink.hold()  # the chat line of this change is shown after its run, not in the middle
     writes_before = world.counters.totals().writes
     world.set_device(s.device, public_ip=change.new_ip)
     if change.trouble:
@@ -794,7 +817,10 @@ async def _play(
         f"  [cyan]push[/cyan]  GET /nic/update?hostname={s.hostname}&myip="
         f"{change.new_ip} -> {change.answer}"
     )
-    change.record = await _follow(console, world, services, change)
+    try:
+        change.record = await _follow(console, world, services, change)
+    finally:
+        sink.release()
     change.arm_writes = world.counters.totals().writes - writes_before
 
 

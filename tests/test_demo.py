@@ -37,6 +37,10 @@ def test_demo_plays_ip_changes_end_to_end(tmp_path: Path) -> None:
     assert "lng lng-home gatewayIpAddress: 198.51.100.10 -> 203.0.113.10" in out
     assert "playbook reset-connection: ok" in out  # the third change needed a reset
     assert "chat home: new public IP 203.0.113.12 applied, tunnel back" in out
+    pushed = out.index("myip=203.0.113.12")
+    assert out.index("done  ok", pushed) < out.index("chat home: new public IP 203.0.113.12"), (
+        "a run's chat line is shown after the run it reports on"
+    )
     assert "3/3 changes applied;" in out
     assert "Tunnels now: home Connected, branch Connected" in out
     # Nobody says the tunnel dropped: the ARM watcher notices, a reset heals it.
