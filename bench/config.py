@@ -1,4 +1,4 @@
-"""A 50-site tunnelwarden config (TOML) for the latency and footprint benchmarks.
+"""The benchmarks' sites: a tunnelwarden config (TOML) and the ARM simulator world to match.
 
 Push passwords come from one environment variable (``password_env``), as the config rules
 require; every address is loopback.
@@ -6,18 +6,61 @@ require; every address is loopback.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from bench.common import SITES
+from bot.sim.world import World
 
 SUB = "00000000-0000-0000-0000-0000000be7c0"
 RG = "rg-bench"
 PASSWORD_ENV = "BENCH_PUSH_PASSWORD"
 PASSWORD = "bench-push-pw-4711"
+KEY = "bench-shared-key"
 
 
 def site_name(s: int) -> str:
     return f"site{s:02d}"
+
+
+def sites_world(first_ips: Sequence[str], **settings: Any) -> World:
+    """One LNG, connection and router per site (site ``s`` at ``first_ips[s]``), on one
+    gateway; ``settings`` are the simulator's (``tunnel_delay``, ``throttling``, ...). The
+    world's clock is ``time.perf_counter``, the benchmarks' own."""
+    seed: dict[str, Any] = {
+        "subscription": SUB,
+        "settings": settings,
+        "resource_groups": [{"name": RG}],
+        "virtual_network_gateways": [{"resource_group": RG, "name": "vpngw"}],
+        "local_network_gateways": [],
+        "connections": [],
+        "devices": [],
+    }
+    for s, ip in enumerate(first_ips):
+        name = site_name(s)
+        seed["local_network_gateways"].append(
+            {
+                "resource_group": RG,
+                "name": f"lng-{name}",
+                "gateway_ip_address": ip,
+                "address_prefixes": [f"10.{s // 250}.{s % 250}.0/24"],
+            }
+        )
+        seed["connections"].append(
+            {
+                "resource_group": RG,
+                "name": f"conn-{name}",
+                "virtual_network_gateway": "vpngw",
+                "local_network_gateway": f"lng-{name}",
+                "shared_key": KEY,
+            }
+        )
+        seed["devices"].append(
+            {"name": f"router-{name}", "public_ip": ip, "shared_key": KEY, "lng": f"lng-{name}"}
+        )
+    return World.from_seed(seed, clock=time.perf_counter)
 
 
 def write_config(

@@ -48,14 +48,13 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from bench.common import SITES, BenchError, clean_env, free_port, median, percentile
-from bench.config import PASSWORD, PASSWORD_ENV, RG, SUB, site_name, write_config
+from bench.config import PASSWORD, PASSWORD_ENV, site_name, sites_world, write_config
 from bot.keys import Keys
 from bot.sim.arm import create_app
 from bot.sim.world import World
 from bot.state import StateStore
 
 PREFIX = "lat"
-KEY = "bench-shared-key"
 # Documentation ranges: accepted as public by the bot when azure.cloud = "sim".
 ADDRESSES = [
     str(ip)
@@ -67,48 +66,9 @@ CHANGE_IPS = ADDRESSES[:-SITES]
 
 
 def bench_world(sites: int = SITES) -> World:
-    seed: dict[str, Any] = {
-        "subscription": SUB,
-        "settings": {
-            "tunnel_delay": 0.0,
-            "retry_after": 0,
-            "lro_polls": 1,
-            "throttling": False,
-        },
-        "resource_groups": [{"name": RG}],
-        "virtual_network_gateways": [{"resource_group": RG, "name": "vpngw"}],
-        "local_network_gateways": [],
-        "connections": [],
-        "devices": [],
-    }
-    for s in range(sites):
-        name = site_name(s)
-        seed["local_network_gateways"].append(
-            {
-                "resource_group": RG,
-                "name": f"lng-{name}",
-                "gateway_ip_address": FIRST_IPS[s],
-                "address_prefixes": [f"10.{s}.0.0/16"],
-            }
-        )
-        seed["connections"].append(
-            {
-                "resource_group": RG,
-                "name": f"conn-{name}",
-                "virtual_network_gateway": "vpngw",
-                "local_network_gateway": f"lng-{name}",
-                "shared_key": KEY,
-            }
-        )
-        seed["devices"].append(
-            {
-                "name": f"router-{name}",
-                "public_ip": FIRST_IPS[s],
-                "shared_key": KEY,
-                "lng": f"lng-{name}",
-            }
-        )
-    return World.from_seed(seed, clock=time.perf_counter)
+    return sites_world(
+        FIRST_IPS[:sites], tunnel_delay=0.0, retry_after=0, lro_polls=1, throttling=False
+    )
 
 
 @dataclass

@@ -37,13 +37,11 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from bench.common import BenchError, clean_env, free_port, percentile
-from bench.config import PASSWORD, PASSWORD_ENV, RG, SUB, site_name, write_config
+from bench.config import PASSWORD, PASSWORD_ENV, RG, SUB, site_name, sites_world, write_config
 from bot.keys import Keys
 from bot.sim.arm import create_app
 from bot.sim.world import World
 from bot.state import StateStore
-
-KEY = "bench-shared-key"
 
 
 def old_ip(i: int) -> str:
@@ -59,48 +57,13 @@ def floor_s(n: int) -> float:
 
 
 def scale_world(n: int, *, throttling: bool = True) -> World:
-    seed: dict[str, Any] = {
-        "subscription": SUB,
-        "settings": {
-            "tunnel_delay": 0.0,
-            "retry_after": 1,
-            "lro_polls": 0,
-            "throttling": throttling,
-        },
-        "resource_groups": [{"name": RG}],
-        "virtual_network_gateways": [{"resource_group": RG, "name": "vpngw"}],
-        "local_network_gateways": [],
-        "connections": [],
-        "devices": [],
-    }
-    for s in range(n):
-        name = site_name(s)
-        seed["local_network_gateways"].append(
-            {
-                "resource_group": RG,
-                "name": f"lng-{name}",
-                "gateway_ip_address": old_ip(s),
-                "address_prefixes": [f"10.{s // 250}.{s % 250}.0/24"],
-            }
-        )
-        seed["connections"].append(
-            {
-                "resource_group": RG,
-                "name": f"conn-{name}",
-                "virtual_network_gateway": "vpngw",
-                "local_network_gateway": f"lng-{name}",
-                "shared_key": KEY,
-            }
-        )
-        seed["devices"].append(
-            {
-                "name": f"router-{name}",
-                "public_ip": old_ip(s),
-                "shared_key": KEY,
-                "lng": f"lng-{name}",
-            }
-        )
-    return World.from_seed(seed, clock=time.perf_counter)
+    return sites_world(
+        [old_ip(s) for s in range(n)],
+        tunnel_delay=0.0,
+        retry_after=1,
+        lro_polls=0,
+        throttling=throttling,
+    )
 
 
 def connected(world: World) -> int:

@@ -244,7 +244,7 @@ async def test_the_link_drives_an_arm_simulator_over_http(clock: FakeClock) -> N
 
             await eventually(moved)
         with pytest.raises(ValueError, match="loopback"):
-            HttpWorldPort("http://10.0.0.1:8443", http)
+            HttpWorldPort("http://arm.example.net:8443", http)
     finally:
         await runner.cleanup()
 
