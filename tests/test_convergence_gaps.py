@@ -416,8 +416,16 @@ async def test_the_resync_repairs_drift_made_outside_the_bot(
         w.put(Kind.LNG, SUB, RG, "lng-home", drifted)
         assert w.connection_status("conn-home") == "NotConnected"
         await eventually(lambda: _converged(bot.services, w, NEW_IP), within=30)
-        runs = await bot.services.state.history("home", 10)
-        repair = runs[0]
+
+        async def repaired() -> RunRecord | None:  # the run that wrote the LNG back
+            for run in await bot.services.state.history("home", 10):
+                if run.playbooks and any(
+                    "198.51.100.99" in str(c) for c in run.playbooks[0].changes
+                ):
+                    return run
+            return None
+
+        repair = await eventually(repaired, within=30)
         assert repair.event_type == RECONCILE and repair.event_source == "scheduler"
         assert repair.outcome == "ok" and repair.reason == f"re-check: LNG at {NEW_IP}"
         assert [str(c) for c in repair.playbooks[0].changes] == [
